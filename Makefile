@@ -1,0 +1,31 @@
+# One virtual environment, .venv, for everything; each target installs what it needs.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+export TF_CPP_MIN_LOG_LEVEL := 2
+
+.PHONY: test demo lint venv clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+venv: $(PY)
+
+# ruff, then the whole suite on TensorFlow, then the backend-agnostic tests on JAX.
+test: $(PY)
+	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
+	$(PY) -m ruff check tfnorms tests examples benchmarks
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 tests
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only" tests
+
+demo: $(PY)
+	$(PIP) install -q -e ".[tensorflow-cpu,examples]"
+	KERAS_BACKEND=tensorflow $(PY) examples/digits_compare.py --out outputs/digits
+
+lint: $(PY)
+	$(PY) -m ruff check tfnorms tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info outputs .pytest_cache

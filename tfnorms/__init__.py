@@ -1,0 +1,16 @@
+"""tfnorms: Centered Weight Normalization and Norm-matters layers for Keras 3.
+
+Import it before `keras.saving.load_model` so that Keras finds its classes.
+"""
+
+from tfnorms.bounded_weight_norm import BoundedWeightNorm
+from tfnorms.weight_norm import CenteredWeightNorm, WeightNormalization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BoundedWeightNorm",
+    "CenteredWeightNorm",
+    "WeightNormalization",
+    "__version__",
+]

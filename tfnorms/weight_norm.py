@@ -1,0 +1,312 @@
+"""Weight-normalization wrappers: the shared base, CenteredWeightNorm and
+WeightNormalization (SPEC section 2).
+
+The wrapper keeps the inner layer as it is: its `kernel` variables are the
+proxy parameters `V`. At call time it computes the effective kernels `W` and
+runs the inner layer with `W` substituted through `keras.StatelessScope`,
+mapping every inner variable (SPEC section 8: mapping only the kernel breaks
+`fit` on JAX).
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import keras
+from keras import ops
+
+from tfnorms import _validation, axes
+from tfnorms import ops as norm_ops
+
+# Initializer name that starts the scale at each unit's initial norm, so that
+# the wrapped layer first computes what the bare layer (with a centered kernel
+# for CWN) computed.
+NORM_INITIALIZER = "norm"
+
+
+class KernelNormWrapper(keras.layers.Wrapper):
+    """Base of the weight-normalization wrappers.
+
+    Subclasses implement `_build_kernel_parameters(variable, kernel_axes)`
+    (create their variables for one kernel, in a fixed order) and
+    `_effective_kernel(variable, kernel_axes)`.
+    """
+
+    def __init__(self, layer, epsilon=1e-12, **kwargs):
+        if not isinstance(layer, keras.layers.Layer):
+            raise TypeError(
+                f"{type(self).__name__} wraps a Keras layer; received {layer!r} of "
+                f"type {type(layer).__name__}."
+            )
+        if isinstance(layer, KernelNormWrapper):
+            raise ValueError(
+                f"Layer '{layer.name}' is already wrapped in {type(layer).__name__}; "
+                f"wrapping it again in {type(self).__name__} would normalize the kernel "
+                "twice. Wrap the inner layer once."
+            )
+        axes.unit_axes_for(layer)  # refuse unsupported layers before anything else
+        kwargs.setdefault("dtype", layer.dtype_policy)
+        super().__init__(layer, **kwargs)
+        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        # Our variables (g, rho) and V must be read in their own float32 dtype:
+        # W is computed in the variable dtype and the inner layer casts it.
+        self.autocast = False
+        self.supports_masking = getattr(layer, "supports_masking", False)
+        self._set_untracked("_kernels", [])
+        self._inner_call_args = ()
+
+    # ------------------------------------------------------------------ build
+    def build(self, input_shape=None):
+        super().build(input_shape)  # builds the inner layer, creating V
+        self._inner_input_shape = input_shape
+        self._set_untracked("_kernels", axes.find_kernels(self.layer))
+        for variable, kernel_axes in self._kernels:
+            self._build_kernel_parameters(variable, kernel_axes)
+        self._inner_call_args = tuple(inspect.signature(self.layer.call).parameters)
+        self.built = True
+
+    def _set_untracked(self, name, value):
+        # Keras tracks variables found in attributes as this layer's own; the
+        # inner kernels must stay the inner layer's alone (saving, ordering).
+        object.__setattr__(self, name, value)
+
+    def _build_kernel_parameters(self, variable, kernel_axes):
+        raise NotImplementedError
+
+    def _effective_kernel(self, variable, kernel_axes):
+        raise NotImplementedError
+
+    @staticmethod
+    def _parameter_name(kernel_name, suffix):
+        """'kernel' -> 'g', 'recurrent_kernel' -> 'recurrent_g', and so on."""
+        return kernel_name.replace("kernel", suffix)
+
+    def _initial_unit_norms(self, variable, kernel_axes, center):
+        """An initializer: each unit's norm of the kernel's current value."""
+
+        def initializer(shape, dtype=None):
+            v = ops.convert_to_tensor(variable.value)
+            if center:
+                v = norm_ops.center_kernel(v, kernel_axes.reduce_axes)
+            norms = norm_ops.unit_norms(v, kernel_axes.reduce_axes)
+            if shape is not None:
+                norms = ops.reshape(norms, shape)
+            return ops.cast(norms, dtype or variable.dtype)
+
+        return initializer
+
+    # ------------------------------------------------------------------- call
+    def effective_kernels(self):
+        """`{kernel name: W}`: the kernels the inner layer computes with."""
+        return {
+            kernel_axes.name: self._effective_kernel(variable, kernel_axes)
+            for variable, kernel_axes in self._kernels
+        }
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        kernels = {id(variable): self._effective_kernel(variable, kernel_axes)
+                   for variable, kernel_axes in self._kernels}
+        inner_variables = self.layer.variables
+        mapping = [(v, kernels[id(v)] if id(v) in kernels else v.value)
+                   for v in inner_variables]
+        if "training" in self._inner_call_args:
+            kwargs["training"] = training
+        if mask is not None and "mask" in self._inner_call_args:
+            kwargs["mask"] = mask
+        with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
+            before = {id(v): scope.get_current_value(v) for v in inner_variables}
+            outputs = self.layer(inputs, **kwargs)
+        # Carry out the inner layer's own state updates (RNN states, seeds).
+        for variable in inner_variables:
+            if id(variable) in kernels:
+                continue
+            value = scope.get_current_value(variable)
+            if value is not before[id(variable)]:
+                variable.assign(value)
+        for loss in scope.losses:
+            self.add_loss(loss)
+        return outputs
+
+    def compute_output_shape(self, input_shape, *args, **kwargs):
+        return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def compute_mask(self, inputs, mask=None):
+        if hasattr(self.layer, "compute_mask"):
+            return self.layer.compute_mask(inputs, mask)
+        return mask
+
+    # ---------------------------------------------------------------- removal
+    def remove(self):
+        """A plain copy of the inner layer with the effective kernels baked in.
+
+        The copy computes what the wrapper computes, with no normalization
+        left: what to export for inference. The wrapper is left unchanged.
+        """
+        if not self.built:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' is not built yet; call it on "
+                "data (or build it) before remove()."
+            )
+        config = self.layer.get_config()
+        plain = type(self.layer).from_config(config)
+        plain.build(self._inner_input_shape)
+        kernels = {kernel_axes.name: self._effective_kernel(variable, kernel_axes)
+                   for variable, kernel_axes in self._kernels}
+        kernel_ids = {id(variable): kernel_axes.name for variable, kernel_axes in self._kernels}
+        values = [
+            ops.convert_to_numpy(kernels[kernel_ids[id(v)]]) if id(v) in kernel_ids
+            else ops.convert_to_numpy(v.value)
+            for v in self.layer.weights
+        ]
+        plain.set_weights(values)
+        return plain
+
+    def get_config(self):
+        config = super().get_config()
+        config["epsilon"] = self.epsilon
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class CenteredWeightNorm(KernelNormWrapper):
+    """Centered weight normalization (Huang et al., ICCV 2017).
+
+    For every output unit `i` of each normalized kernel `V` of the inner layer
+    (SPEC section 1 says which axes form a unit):
+
+        v_hat = v - mean(v)
+        w     = g_i * v_hat / sqrt(sum(v_hat**2) + epsilon)
+
+    so each unit's weights have zero mean and norm `g_i`. The inner layer's
+    bias, activation and other arguments are kept as they are.
+
+    Args:
+        layer: a Dense, EinsumDense (2-D kernel), Conv1D/2D/3D,
+            Conv*Transpose, DepthwiseConv*, SeparableConv*, SimpleRNN, LSTM or
+            GRU layer (or cell).
+        center: subtract each unit's mean. `False` is plain weight
+            normalization (see `WeightNormalization`).
+        scale: learn a per-unit scale `g`. Without it every unit has norm 1
+            (the paper's choice for convolutions followed by batch norm).
+        scale_initializer: initializer of `g` (default `"ones"`, as in the
+            paper; the authors' PyTorch port uses sqrt(2) for ReLU nets), or
+            `"norm"` to start `g` at each unit's initial (centered) norm so
+            the wrapped layer first computes what the bare layer computed.
+        scale_regularizer, scale_constraint: for `g`, as in Keras layers.
+        epsilon: added to each unit's squared norm; keeps zero kernels finite.
+
+    Example:
+
+    >>> import keras, tfnorms
+    >>> layer = tfnorms.CenteredWeightNorm(keras.layers.Dense(4))
+    >>> layer(keras.ops.ones((2, 3))).shape
+    (2, 4)
+    """
+
+    def __init__(
+        self,
+        layer,
+        center=True,
+        scale=True,
+        scale_initializer="ones",
+        scale_regularizer=None,
+        scale_constraint=None,
+        epsilon=1e-12,
+        **kwargs,
+    ):
+        super().__init__(layer, epsilon=epsilon, **kwargs)
+        self.center = _validation.boolean("center", center)
+        self.scale = _validation.boolean("scale", scale)
+        if scale_initializer == NORM_INITIALIZER:
+            self.scale_initializer = NORM_INITIALIZER
+        else:
+            self.scale_initializer = _validation.initializer(
+                "scale_initializer", scale_initializer
+            )
+        self.scale_regularizer = _validation.regularizer("scale_regularizer", scale_regularizer)
+        self.scale_constraint = _validation.constraint("scale_constraint", scale_constraint)
+        self._set_untracked("_scales", {})
+
+    def _build_kernel_parameters(self, variable, kernel_axes):
+        if not self.scale:
+            return
+        if self.scale_initializer == NORM_INITIALIZER:
+            initializer = self._initial_unit_norms(variable, kernel_axes, self.center)
+        else:
+            initializer = self.scale_initializer
+        self._scales[kernel_axes.name] = self.add_weight(
+            name=self._parameter_name(kernel_axes.name, "g"),
+            shape=kernel_axes.unit_shape(variable.shape),
+            initializer=initializer,
+            regularizer=self.scale_regularizer,
+            constraint=self.scale_constraint,
+            trainable=True,
+        )
+
+    def _effective_kernel(self, variable, kernel_axes):
+        scale = self._scales.get(kernel_axes.name)
+        return norm_ops.weight_norm_kernel(
+            variable.value,
+            None if scale is None else scale.value,
+            kernel_axes.reduce_axes,
+            kernel_axes.broadcast_shape(variable.shape),
+            center=self.center,
+            epsilon=self.epsilon,
+        )
+
+    def scale_variables(self):
+        """`{kernel name: g}` (empty with `scale=False`)."""
+        return dict(self._scales)
+
+    def get_config(self):
+        config = super().get_config()
+        initializer = self.scale_initializer
+        config.update(
+            {
+                "center": self.center,
+                "scale": self.scale,
+                "scale_initializer": initializer
+                if initializer == NORM_INITIALIZER
+                else keras.initializers.serialize(initializer),
+                "scale_regularizer": keras.regularizers.serialize(self.scale_regularizer),
+                "scale_constraint": keras.constraints.serialize(self.scale_constraint),
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class WeightNormalization(CenteredWeightNorm):
+    """Weight normalization (Salimans & Kingma, 2016): `CenteredWeightNorm`
+    without centering.
+
+        w = g_i * v / sqrt(sum(v**2) + epsilon)
+
+    The successor of `tensorflow_addons.layers.WeightNormalization`. As there,
+    `g` starts at each unit's initial norm (`scale_initializer="norm"`), so
+    wrapping a layer does not change its initial output. The data-dependent
+    initialization (tfa's `data_init=True`) is the explicit step
+    `tfnorms.data_init(model, batch)`.
+
+    Example:
+
+    >>> import keras, tfnorms
+    >>> layer = tfnorms.WeightNormalization(keras.layers.Conv2D(8, 3))
+    >>> layer(keras.ops.ones((1, 5, 5, 3))).shape
+    (1, 3, 3, 8)
+    """
+
+    def __init__(self, layer, scale=True, scale_initializer=NORM_INITIALIZER, **kwargs):
+        if "center" in kwargs:
+            raise ValueError(
+                "WeightNormalization never centers; use "
+                "tfnorms.CenteredWeightNorm(layer, center=...) to choose."
+            )
+        super().__init__(
+            layer, center=False, scale=scale, scale_initializer=scale_initializer, **kwargs
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.pop("center")
+        return config
