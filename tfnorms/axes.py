@@ -62,9 +62,7 @@ class KernelAxes:
 
     def broadcast_shape(self, kernel_shape) -> tuple[int, ...]:
         """Shape that broadcasts a per-unit quantity against the kernel."""
-        return tuple(
-            int(kernel_shape[a]) if a in self.unit_axes else 1 for a in range(self.rank)
-        )
+        return tuple(int(kernel_shape[a]) if a in self.unit_axes else 1 for a in range(self.rank))
 
 
 def _row_for(layer):

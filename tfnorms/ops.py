@@ -13,9 +13,19 @@ from keras import ops
 # --------------------------------------------------------------------------
 
 
+def _count(shape, axes):
+    count = 1
+    for axis in axes:
+        count *= int(shape[axis])
+    return count
+
+
 def center_kernel(v, reduce_axes):
     """`v - mean(v)` over each output unit's axes."""
-    return v - ops.mean(v, axis=reduce_axes, keepdims=True)
+    # sum / count rather than ops.mean: Keras 3.15's JAX mean rounds float64
+    # through float32, which breaks the exact zero-mean property in tests.
+    total = ops.sum(v, axis=reduce_axes, keepdims=True)
+    return v - total / _count(v.shape, reduce_axes)
 
 
 def unit_norms(v, reduce_axes, keepdims=False):

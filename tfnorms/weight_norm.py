@@ -104,11 +104,12 @@ class KernelNormWrapper(keras.layers.Wrapper):
         }
 
     def call(self, inputs, training=None, mask=None, **kwargs):
-        kernels = {id(variable): self._effective_kernel(variable, kernel_axes)
-                   for variable, kernel_axes in self._kernels}
+        kernels = {
+            id(variable): self._effective_kernel(variable, kernel_axes)
+            for variable, kernel_axes in self._kernels
+        }
         inner_variables = self.layer.variables
-        mapping = [(v, kernels[id(v)] if id(v) in kernels else v.value)
-                   for v in inner_variables]
+        mapping = [(v, kernels[id(v)] if id(v) in kernels else v.value) for v in inner_variables]
         if "training" in self._inner_call_args:
             kwargs["training"] = training
         if mask is not None and "mask" in self._inner_call_args:
@@ -150,11 +151,14 @@ class KernelNormWrapper(keras.layers.Wrapper):
         config = self.layer.get_config()
         plain = type(self.layer).from_config(config)
         plain.build(self._inner_input_shape)
-        kernels = {kernel_axes.name: self._effective_kernel(variable, kernel_axes)
-                   for variable, kernel_axes in self._kernels}
+        kernels = {
+            kernel_axes.name: self._effective_kernel(variable, kernel_axes)
+            for variable, kernel_axes in self._kernels
+        }
         kernel_ids = {id(variable): kernel_axes.name for variable, kernel_axes in self._kernels}
         values = [
-            ops.convert_to_numpy(kernels[kernel_ids[id(v)]]) if id(v) in kernel_ids
+            ops.convert_to_numpy(kernels[kernel_ids[id(v)]])
+            if id(v) in kernel_ids
             else ops.convert_to_numpy(v.value)
             for v in self.layer.weights
         ]
@@ -220,9 +224,7 @@ class CenteredWeightNorm(KernelNormWrapper):
         if scale_initializer == NORM_INITIALIZER:
             self.scale_initializer = NORM_INITIALIZER
         else:
-            self.scale_initializer = _validation.initializer(
-                "scale_initializer", scale_initializer
-            )
+            self.scale_initializer = _validation.initializer("scale_initializer", scale_initializer)
         self.scale_regularizer = _validation.regularizer("scale_regularizer", scale_regularizer)
         self.scale_constraint = _validation.constraint("scale_constraint", scale_constraint)
         self._set_untracked("_scales", {})
