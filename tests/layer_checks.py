@@ -137,7 +137,7 @@ def assert_keras_roundtrip_fresh_process(models_and_inputs, directory, atol=1e-6
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    for stem, want in zip(stems, expected):
+    for stem, want in zip(stems, expected, strict=True):
         np.testing.assert_allclose(np.load(stem + ".loaded.npy"), want, atol=atol)
 
 
@@ -237,7 +237,7 @@ def assert_mirrored_matches_single(make_model, x, y, steps=3, atol=1e-5):
     batch = len(x)
     single.fit(x, y, epochs=steps, batch_size=batch, shuffle=False, verbose=0)
     mirrored.fit(x, y, epochs=steps, batch_size=batch, shuffle=False, verbose=0)
-    for want, variable in zip(single.weights, mirrored.weights):
+    for want, variable in zip(single.weights, mirrored.weights, strict=True):
         replicas = _replica_values(variable)
         assert len(replicas) == 2, variable.path
         np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)

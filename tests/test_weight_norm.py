@@ -192,7 +192,7 @@ def test_gradients_match_finite_differences(inner_name, wrapper_name, rng):
     loss_fn, _ = _projection_loss(2, to_numpy(wrapper(x)).shape)
     variables = list(wrapper.trainable_variables)
     _, grads = loss_and_gradients(wrapper, x, loss_fn, variables)
-    for variable, grad in zip(variables, grads):
+    for variable, grad in zip(variables, grads, strict=True):
         indices, numeric = finite_difference_gradient(wrapper, x, loss_fn, variable)
         np.testing.assert_allclose(
             grad.reshape(-1)[indices], numeric, rtol=1e-5, atol=1e-7, err_msg=variable.path
