@@ -133,8 +133,11 @@ def format_table(rows, marks):
         for epoch in marks:
             value = row[f"loss@{epoch}"]
             cells.append("nan (diverged)" if value is None else f"{value:.4f}")
-        cells += [f"{row['accuracy']:.3f}", f"{row['seconds']:.1f}",
-                  f"{row['diverged']}/{row['seeds']}"]
+        cells += [
+            f"{row['accuracy']:.3f}",
+            f"{row['seconds']:.1f}",
+            f"{row['diverged']}/{row['seeds']}",
+        ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -159,8 +162,9 @@ def plot(results, learning_rates, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(learning_rates), figsize=(5 * len(learning_rates), 4),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        1, len(learning_rates), figsize=(5 * len(learning_rates), 4), squeeze=False
+    )
     for ax, lr in zip(axes[0], learning_rates, strict=True):
         for (method, run_lr), runs in results.items():
             if run_lr != lr:
@@ -183,15 +187,29 @@ def parse_args(argv=None):
         description=__doc__.split("\n\n")[0],
         epilog="Methods: " + "; ".join(f"{k}: {v[0]}" for k, v in METHODS.items()),
     )
-    parser.add_argument("--methods", nargs="+", default=DEFAULT_METHODS, choices=list(METHODS),
-                        metavar="METHOD", help="methods to compare (default: all)")
-    parser.add_argument("--learning-rates", nargs="+", type=float, default=[0.05, 0.2, 1.0],
-                        help="plain-SGD learning rates (default: 0.05 0.2 1.0)")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        default=DEFAULT_METHODS,
+        choices=list(METHODS),
+        metavar="METHOD",
+        help="methods to compare (default: all)",
+    )
+    parser.add_argument(
+        "--learning-rates",
+        nargs="+",
+        type=float,
+        default=[0.05, 0.2, 1.0],
+        help="plain-SGD learning rates (default: 0.05 0.2 1.0)",
+    )
     parser.add_argument("--seeds", type=int, default=3, help="seeds per method (default: 3)")
     parser.add_argument("--epochs", type=int, default=15, help="epochs per run (default: 15)")
     parser.add_argument("--batch-size", type=int, default=128, help="default: 128")
-    parser.add_argument("--out", default="outputs/digits",
-                        help="folder for table.md, results.json and loss_curves.png")
+    parser.add_argument(
+        "--out",
+        default="outputs/digits",
+        help="folder for table.md, results.json and loss_curves.png",
+    )
     args = parser.parse_args(argv)
     if args.seeds < 1 or args.epochs < 1 or args.batch_size < 1:
         parser.error("--seeds, --epochs and --batch-size must be >= 1")
@@ -204,13 +222,16 @@ def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     data = load_data()
-    print(f"digits: {len(data[0][0])} train / {len(data[1][0])} test images; "
-          f"MLP 64 -> 5 x 128 -> 10, plain SGD, batch {args.batch_size}, "
-          f"{args.epochs} epochs, {args.seeds} seeds, backend {keras.backend.backend()}")
+    print(
+        f"digits: {len(data[0][0])} train / {len(data[1][0])} test images; "
+        f"MLP 64 -> 5 x 128 -> 10, plain SGD, batch {args.batch_size}, "
+        f"{args.epochs} epochs, {args.seeds} seeds, backend {keras.backend.backend()}"
+    )
     for name in args.methods:
         print(f"  {name}: {METHODS[name][0]}")
-    jobs = [(m, lr, s) for lr in args.learning_rates for m in args.methods
-            for s in range(args.seeds)]
+    jobs = [
+        (m, lr, s) for lr in args.learning_rates for m in args.methods for s in range(args.seeds)
+    ]
     progress = keras.utils.Progbar(len(jobs), unit_name="run")
     results = {}
     for index, (method, lr, seed) in enumerate(jobs):
@@ -227,8 +248,15 @@ def main(argv=None):
     with open(os.path.join(args.out, "table.md"), "w") as f:
         f.write(table + "\n")
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump({"args": vars(args), "rows": rows,
-                   "runs": {f"{m}@{lr:g}": r for (m, lr), r in results.items()}}, f, indent=1)
+        json.dump(
+            {
+                "args": vars(args),
+                "rows": rows,
+                "runs": {f"{m}@{lr:g}": r for (m, lr), r in results.items()},
+            },
+            f,
+            indent=1,
+        )
     plot(results, args.learning_rates, os.path.join(args.out, "loss_curves.png"))
     print(f"\nwrote {args.out}/table.md, results.json and loss_curves.png")
     return 0

@@ -18,7 +18,9 @@ import digits_compare  # noqa: E402
 def test_help_lists_the_methods():
     result = subprocess.run(
         [sys.executable, os.path.join(EXAMPLES, "digits_compare.py"), "--help"],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     for method in digits_compare.METHODS:
@@ -35,8 +37,19 @@ def test_bad_arguments_exit_with_a_message():
 def test_demo_runs_and_writes_its_outputs(tmp_path):
     out = tmp_path / "digits"
     code = digits_compare.main(
-        ["--methods", "plain", "cwn", "--seeds", "1", "--epochs", "2",
-         "--learning-rates", "0.5", "--out", str(out)]
+        [
+            "--methods",
+            "plain",
+            "cwn",
+            "--seeds",
+            "1",
+            "--epochs",
+            "2",
+            "--learning-rates",
+            "0.5",
+            "--out",
+            str(out),
+        ]
     )
     assert code == 0
     for name in ("table.md", "results.json", "loss_curves.png"):
