@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: test demo lint venv clean
+.PHONY: test demo bench docs wheel-check lint format venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,15 +17,26 @@ venv: $(PY)
 test: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
 	$(PY) -m ruff check tfnorms tests examples benchmarks
+	$(PY) -m ruff format --check tfnorms tests examples benchmarks
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 tests
 	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only" tests
 
+# The main job: the digits comparison of every normalization.
 demo: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,examples]"
 	KERAS_BACKEND=tensorflow $(PY) examples/digits_compare.py --out outputs/digits
 
+# Timing ratios against Keras's own layers; writes docs/performance.md.
+bench: $(PY)
+	$(PIP) install -q -e ".[tensorflow-cpu,jax]"
+	$(PY) benchmarks/bench.py
+
 lint: $(PY)
 	$(PY) -m ruff check tfnorms tests examples benchmarks
+	$(PY) -m ruff format --check tfnorms tests examples benchmarks
+
+format: $(PY)
+	$(PY) -m ruff format tfnorms tests examples benchmarks
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info outputs .pytest_cache
+	rm -rf $(VENV) build dist *.egg-info outputs .pytest_cache site
