@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: test demo bench docs wheel-check lint format venv clean
+.PHONY: test demo bench docs wheel-check ci lint format venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,25 @@ demo: $(PY)
 bench: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax]"
 	$(PY) benchmarks/bench.py
+
+# The documentation site, strict: a broken link or reference fails the build.
+docs: $(PY)
+	$(PIP) install -q -e ".[docs]"
+	$(PY) -m mkdocs build --strict --site-dir site
+
+# Build the sdist and wheel, install the wheel (not editable) into a fresh
+# venv, and smoke-test it from outside the source tree.
+WHEEL_VENV := build/wheel-venv
+wheel-check: $(PY)
+	$(PIP) install -q build
+	rm -rf dist $(WHEEL_VENV)
+	mkdir -p build && $(PY) -m build --outdir dist . > build/build.log 2>&1 || (cat build/build.log; exit 1)
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_VENV)/bin/python -m pip install -q dist/*.whl tensorflow-cpu
+	cd /tmp && KERAS_BACKEND=tensorflow $(CURDIR)/$(WHEEL_VENV)/bin/python $(CURDIR)/scripts/smoke_installed.py
+
+# What CI runs.
+ci: test docs wheel-check
 
 lint: $(PY)
 	$(PY) -m ruff check tfnorms tests examples benchmarks
