@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 export TF_CPP_MIN_LOG_LEVEL := 2
+export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: test demo bench docs wheel-check ci lint format venv clean
 

@@ -196,7 +196,8 @@ class CenteredWeightNorm(KernelNormWrapper):
             paper; the authors' PyTorch port uses sqrt(2) for ReLU nets), or
             `"norm"` to start `g` at each unit's initial (centered) norm so
             the wrapped layer first computes what the bare layer computed.
-        scale_regularizer, scale_constraint: for `g`, as in Keras layers.
+        scale_regularizer: regularizer of `g`, as in Keras layers.
+        scale_constraint: constraint on `g`, as in Keras layers.
         epsilon: added to each unit's squared norm; keeps zero kernels finite.
 
     Example:
