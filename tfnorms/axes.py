@@ -27,13 +27,15 @@ _RECURRENT = (
     keras.layers.GRUCell,
 )
 
-# (layer classes, {kernel attribute: output-unit axes, counted from the end}).
+# (layer classes, {kernel variable name: output-unit axes, counted from the end}).
+# Keras 3 names a DepthwiseConv*'s kernel variable "kernel" (its constructor
+# arguments say "depthwise_"); SeparableConv* has two kernels.
 # Order matters: the first matching row wins, so more specific classes come
 # first (a transposed convolution is not a subclass of Conv, but user
 # subclasses may mix things in).
 OUTPUT_UNIT_TABLE: tuple[tuple[tuple[type, ...], dict[str, tuple[int, ...]]], ...] = (
     (_TRANSPOSED_CONVS, {"kernel": (-2,)}),
-    (_DEPTHWISE_CONVS, {"depthwise_kernel": (-2, -1)}),
+    (_DEPTHWISE_CONVS, {"kernel": (-2, -1)}),
     (_SEPARABLE_CONVS, {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)}),
     ((keras.layers.Dense, keras.layers.EinsumDense), {"kernel": (-1,)}),
     (_CONVS, {"kernel": (-1,)}),
@@ -65,9 +67,21 @@ class KernelAxes:
         return tuple(int(kernel_shape[a]) if a in self.unit_axes else 1 for a in range(self.rank))
 
 
+# The constructor argument that sets each kernel's constraint, where it is not
+# `<kernel name minus "kernel">constraint` ("kernel" -> "kernel_constraint").
+_CONSTRAINT_ARGUMENTS = {
+    (_DEPTHWISE_CONVS, "kernel"): "depthwise_constraint",
+}
+
+
+def _as_class(layer_or_class):
+    return layer_or_class if isinstance(layer_or_class, type) else type(layer_or_class)
+
+
 def _row_for(layer):
+    cls = _as_class(layer)
     for classes, kernels in OUTPUT_UNIT_TABLE:
-        if isinstance(layer, classes):
+        if issubclass(cls, classes):
             return kernels
     return None
 
@@ -78,7 +92,8 @@ def is_supported(layer) -> bool:
 
 
 def unit_axes_for(layer) -> dict[str, tuple[int, ...]]:
-    """The table row for `layer` (kernel name -> unit axes from the end).
+    """The table row for `layer`, an instance or a class (kernel name -> unit
+    axes counted from the end).
 
     Raises:
         ValueError: naming the layer's class and the kernels looked for, when
@@ -86,13 +101,51 @@ def unit_axes_for(layer) -> dict[str, tuple[int, ...]]:
     """
     kernels = _row_for(layer)
     if kernels is None:
+        what = (
+            layer.__name__
+            if isinstance(layer, type)
+            else f"{type(layer).__name__} (layer '{layer.name}')"
+        )
         raise ValueError(
-            f"{type(layer).__name__} (layer '{layer.name}') has no kernel that tfnorms "
+            f"{what} has no kernel that tfnorms "
             f"can normalize: looked for {', '.join(SUPPORTED_KERNEL_NAMES)} on "
             "Dense, EinsumDense, Conv*/Conv*Transpose, DepthwiseConv*, SeparableConv*, "
             "SimpleRNN, LSTM and GRU layers (and their cells)."
         )
     return dict(kernels)
+
+
+def is_recurrent(layer) -> bool:
+    """Whether `layer` (instance or class) is a SimpleRNN/LSTM/GRU layer or cell."""
+    return issubclass(_as_class(layer), _RECURRENT)
+
+
+def output_kernel_name(layer):
+    """The kernel whose output units are the layer's output channels.
+
+    That is the kernel a data-dependent initialization rescales: the
+    pointwise kernel of a SeparableConv*, the only kernel of the other
+    convolutions and dense layers. `None` for recurrent layers, whose
+    kernels feed gates inside a recurrence rather than the output.
+    """
+    row = unit_axes_for(layer)
+    if is_recurrent(layer):
+        return None
+    return list(row)[-1]
+
+
+def constraint_argument(layer, kernel_name: str) -> str:
+    """The constructor argument of `layer` (instance or class) that sets the
+    constraint of kernel `kernel_name`: "kernel" -> "kernel_constraint",
+    "recurrent_kernel" -> "recurrent_constraint", a DepthwiseConv*'s
+    "kernel" -> "depthwise_constraint", and so on."""
+    cls = _as_class(layer)
+    for (classes, name), argument in _CONSTRAINT_ARGUMENTS.items():
+        if name == kernel_name and issubclass(cls, classes):
+            return argument
+    if kernel_name == "kernel":
+        return "kernel_constraint"
+    return kernel_name.replace("kernel", "constraint")
 
 
 def kernel_axes(name: str, rank: int, unit_axes_from_end: tuple[int, ...]) -> KernelAxes:
