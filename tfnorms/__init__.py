@@ -3,7 +3,13 @@
 Import it before `keras.saving.load_model` so that Keras finds its classes.
 """
 
+from tfnorms.batch_norm import (
+    L1BatchNormalization,
+    LinfBatchNormalization,
+    LpBatchNormalization,
+)
 from tfnorms.bounded_weight_norm import BoundedWeightNorm
+from tfnorms.mean_only_batch_norm import MeanOnlyBatchNormalization
 from tfnorms.weight_norm import CenteredWeightNorm, WeightNormalization
 
 __version__ = "0.1.0"
@@ -11,6 +17,10 @@ __version__ = "0.1.0"
 __all__ = [
     "BoundedWeightNorm",
     "CenteredWeightNorm",
+    "L1BatchNormalization",
+    "LinfBatchNormalization",
+    "LpBatchNormalization",
+    "MeanOnlyBatchNormalization",
     "WeightNormalization",
     "__version__",
 ]

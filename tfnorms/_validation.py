@@ -54,3 +54,66 @@ def regularizer(name, value):
 
 def constraint(name, value):
     return _lookup("constraint", keras.constraints.get, name, value)
+
+
+# ------------------------------------------------------------- batch norms
+def norm_order(name, value):
+    """The order p of an Lp norm: a real number >= 1, or infinity given as
+    `float("inf")`, `numpy.inf` or the string `"inf"`. Returned as float."""
+    allowed = 'a real number >= 1, or infinity (float("inf"), numpy.inf or "inf")'
+    if isinstance(value, str):
+        if value.strip().lower() in ("inf", "infinity", "+inf"):
+            return math.inf
+        raise ValueError(f"`{name}` must be {allowed}; received the string {value!r}.")
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be {allowed}; received {value!r} of type {type(value).__name__}."
+        )
+    value = float(value)
+    if math.isnan(value) or value < 1:
+        raise ValueError(f"`{name}` must be {allowed}; received {value!r}.")
+    return value
+
+
+def positive_int(name, value, *, allow_none=False):
+    """An integer >= 1 (bools and floats refused), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(
+            f"`{name}` must be an integer >= 1"
+            + (" or None" if allow_none else "")
+            + f"; received {value!r} of type {type(value).__name__}."
+        )
+    return int(value)
+
+
+def unit_interval(name, value):
+    """A real number in [0, 1), returned as float (Keras's momentum range)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(
+            f"`{name}` must be a number in [0, 1); received {value!r} of type "
+            f"{type(value).__name__}."
+        )
+    value = float(value)
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"`{name}` must be a number in [0, 1); received {value!r}.")
+    return value
+
+
+def integer(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(
+            f"`{name}` must be an integer; received {value!r} of type {type(value).__name__}."
+        )
+    return int(value)
+
+
+def axis_in_range(name, axis, ndim, layer_name):
+    """`axis` as a non-negative index into an input of rank `ndim`."""
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"`{name}`={axis} is out of range for the {ndim}-D input of layer "
+            f"'{layer_name}': allowed values are {-ndim} to {ndim - 1}."
+        )
+    return axis % ndim

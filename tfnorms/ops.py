@@ -6,6 +6,9 @@ check it against NumPy directly and every layer stays a thin shell.
 
 from __future__ import annotations
 
+import math
+
+import keras
 from keras import ops
 
 # --------------------------------------------------------------------------
@@ -73,3 +76,299 @@ def fixed_frobenius_gain(gain, frobenius_norm, epsilon):
     layer's total norm stays fixed.
     """
     return gain * (frobenius_norm * ops.rsqrt(ops.sum(ops.square(gain)) + epsilon))
+
+
+# --------------------------------------------------------------------------
+# Lp statistics (SPEC section 4)
+# --------------------------------------------------------------------------
+#
+# Everything is per channel: `axis` is the channel axis of `x` and the other
+# axes are reduced. A mask, when given, has x's shape with size 1 on the
+# channel axis; only its true elements enter the statistics.
+#
+# The cross-replica reduction is injected (`cross_replica`, see
+# `tfnorms.distribute.cross_replica_reduce`) so that this module stays pure
+# `keras.ops`. It takes `(sums, gathers)`, two lists of tensors, and returns
+# the replicas' sums of `sums` and, for each of `gathers`, the replicas'
+# values stacked on a new leading axis, all in one collective.
+
+INFINITY = float("inf")
+
+# (1 + sqrt(pi * ln 4)) / 2: the numerator of C_inf(n).
+_LINF_NUMERATOR = (1.0 + math.sqrt(math.pi * math.log(4.0))) / 2.0
+
+
+def statistics_dtype(dtype):
+    """The dtype the statistics are accumulated in: at least float32."""
+    return keras.backend.result_type(dtype, "float32")
+
+
+def lp_constant(p):
+    """C_p, the factor that makes the Lp scale estimate a Gaussian's standard
+    deviation: `(sqrt(pi) / (2**(p/2) * Gamma((p+1)/2)))**(1/p)`.
+
+    Computed through `lgamma` so that large p does not overflow. C_1 =
+    sqrt(pi/2), C_2 = 1, C_3 = 0.8557.
+    """
+    p = float(p)
+    if not p >= 1 or math.isinf(p):
+        raise ValueError(f"lp_constant needs a finite p >= 1; received p={p!r}.")
+    log_c = (0.5 * math.log(math.pi) - 0.5 * p * math.log(2.0) - math.lgamma((p + 1) / 2)) / p
+    return math.exp(log_c)
+
+
+def linf_constant(n):
+    """C_inf(n) = (1 + sqrt(pi ln 4)) / (2 sqrt(2 ln n)) for n reduced elements.
+
+    `n` is a Python number or a tensor (a count known only at run time, e.g.
+    under a mask or across replicas). n < 2 is treated as n = 2: ln 1 = 0 would
+    give an infinite constant, and a one-element batch then has a zero
+    deviation, so 0 * inf would be NaN. With the guard the scale is 0 and the
+    output finite.
+    """
+    if isinstance(n, (int, float)):
+        return _LINF_NUMERATOR / math.sqrt(2.0 * math.log(max(float(n), 2.0)))
+    n = ops.maximum(n, 2.0)
+    return _LINF_NUMERATOR * ops.rsqrt(2.0 * ops.log(n))
+
+
+def channel_broadcast_shape(ndim, axis, channels):
+    """`[1, ..., channels, ..., 1]`: a per-channel vector's shape against x."""
+    shape = [1] * ndim
+    shape[axis] = channels
+    return shape
+
+
+def _reduction_axes(ndim, axis):
+    return tuple(i for i in range(ndim) if i != axis % ndim)
+
+
+def reduced_count(x, axis):
+    """Elements per channel of `x`: a Python int when the shape is static, an
+    int tensor otherwise (e.g. a batch dimension of None in a traced graph)."""
+    static = [x.shape[i] for i in _reduction_axes(len(x.shape), axis)]
+    if all(d is not None for d in static):
+        return math.prod(static)
+    shape = ops.shape(x)
+    count = 1
+    for i in _reduction_axes(len(x.shape), axis):
+        count = count * shape[i]
+    return count
+
+
+def _as_dtype(value, dtype):
+    if isinstance(value, (int, float)):
+        return float(value)
+    return ops.cast(value, dtype)
+
+
+def masked_mean(v, axis, mask=None, count=None, total=None):
+    """Per-channel mean of `v` over its valid elements, in the statistics dtype.
+
+    Without a mask this is the plain mean over all but `axis`. With a mask,
+    `count` is the number of valid elements per channel and `total` the number
+    of all elements per channel; masked elements count as zero.
+
+    float16/bfloat16 go through `ops.mean`, which accumulates in float32 on
+    every backend (a float16 sum would overflow long before the mean does);
+    float32 and float64 divide a sum by the count, which is exact where Keras's
+    JAX `ops.mean` rounds float64 through float32.
+    """
+    axes = _reduction_axes(len(v.shape), axis)
+    dtype = statistics_dtype(v.dtype)
+    low = keras.backend.standardize_dtype(v.dtype) in ("float16", "bfloat16")
+    if mask is not None:
+        v = ops.where(mask, v, ops.zeros_like(v))
+    if total is None:
+        total = reduced_count(v, axis)
+    if low:
+        mean = ops.cast(ops.mean(v, axis=axes), dtype)
+        if mask is None:
+            return mean
+        return mean * (_as_dtype(total, dtype) / ops.maximum(count, 1.0))
+    total_sum = ops.cast(ops.sum(v, axis=axes), dtype)
+    divisor = _as_dtype(total, dtype) if mask is None else ops.maximum(count, 1.0)
+    return total_sum / divisor
+
+
+def top_k_values(values, k, axis, pad_to_k=False):
+    """The k largest entries of `values` per channel, as a (channels, k) tensor.
+
+    `values` must be >= 0 where valid and negative (a sentinel) where masked.
+    When a channel has fewer than k elements, the missing entries are the
+    sentinel -1, so that `valid_mean` can tell them apart; with `pad_to_k`
+    the result always has exactly k columns (equal shapes on every replica).
+    """
+    channels = values.shape[axis]
+    flat = ops.reshape(ops.moveaxis(values, axis, 0), (channels, -1))
+    n = flat.shape[1]
+    if n is None:
+        # Length known only at run time: pad with k sentinels so top_k always
+        # has at least k entries to choose from.
+        flat = ops.concatenate([flat, -ops.ones((channels, k), dtype=flat.dtype)], axis=1)
+    elif n < k:
+        top = flat
+        if pad_to_k:
+            top = ops.concatenate([top, -ops.ones((channels, k - n), dtype=top.dtype)], axis=1)
+        return top
+    top, _ = ops.top_k(flat, k, sorted=False)
+    return top
+
+
+def valid_mean(top):
+    """Mean over the last axis of the entries >= 0 (the sentinels excluded)."""
+    valid = top >= 0
+    total = ops.sum(ops.where(valid, top, ops.zeros_like(top)), axis=-1)
+    count = ops.sum(ops.cast(valid, top.dtype), axis=-1)
+    return total / ops.maximum(count, 1.0)
+
+
+def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
+    """Per-channel mean and squared Lp scale `sigma_p**2` of `x` (SPEC section 4).
+
+        mu        = mean(x)
+        sigma_p   = C_p * mean(|x - mu|^p)^(1/p)        1 <= p < inf
+        sigma_inf = C_inf(n) * max|x - mu|              p = inf
+                  = C_inf(n) * mean of the top_k largest |x - mu|
+
+    Args:
+        x: the activations, in the dtype the elementwise work runs in.
+        axis: the channel axis.
+        p: a float >= 1 or `INFINITY`.
+        top_k: with p = inf, average the k largest deviations instead of the
+            maximum (`None` or 1: the maximum).
+        mask: boolean, x's shape with size 1 on the channel axis.
+        cross_replica: `None` (local statistics) or the reduction that makes
+            them global (see the section comment).
+
+    Returns:
+        `(mean, variance)`, two (channels,) tensors in `statistics_dtype`;
+        `variance` is `sigma_p**2` (for p = 2 the biased variance, as Keras).
+        Two passes over `x` (one for the mean, one for the deviations) and, when
+        synchronized, two collectives (the sums and count; then the scale).
+    """
+    p = float(p)
+    axis = axis % len(x.shape)
+    dtype = statistics_dtype(x.dtype)
+    channels = x.shape[axis]
+    bshape = channel_broadcast_shape(len(x.shape), axis, channels)
+    total = reduced_count(x, axis)
+    if mask is None:
+        count = _as_dtype(total, dtype)
+    else:
+        mask = ops.cast(mask, "bool")
+        count = ops.sum(ops.cast(mask, dtype))
+
+    # Pass 1: the mean (global when synchronized: one collective with the count).
+    mean = masked_mean(x, axis, mask, count, total)
+    if cross_replica is not None:
+        count = ops.convert_to_tensor(count, dtype=dtype)
+        (sums, count), _ = cross_replica([mean * count, ops.reshape(count, (1,))], [])
+        count = count[0]
+        mean = sums / ops.maximum(count, 1.0)
+
+    # Pass 2: the deviations and the scale.
+    centered_mean = ops.reshape(ops.cast(mean, x.dtype), bshape)
+    if p == 2.0:
+        # d(variance)/d(mean) = -2 mean(x - mean) = 0: as tf.nn.moments, stop
+        # the gradient through the mean here (same result, less work).
+        centered_mean = ops.stop_gradient(centered_mean)
+    deviation = x - centered_mean
+
+    if math.isinf(p):
+        magnitude = ops.abs(deviation)
+        if mask is not None:
+            magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
+        if top_k is None or top_k == 1:
+            axes = _reduction_axes(len(x.shape), axis)
+            local = ops.cast(ops.max(magnitude, axis=axes), dtype)
+            if cross_replica is not None:
+                _, (gathered,) = cross_replica([], [local])
+                local = ops.max(gathered, axis=0)
+            scale = ops.maximum(local, 0.0)  # all masked: the sentinel -> 0
+        else:
+            top = ops.cast(
+                top_k_values(magnitude, top_k, axis, pad_to_k=cross_replica is not None), dtype
+            )
+            if cross_replica is not None:
+                _, (gathered,) = cross_replica([], [top])  # (replicas, channels, k)
+                merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (channels, -1))
+                top, _ = ops.top_k(merged, top_k, sorted=False)
+            scale = valid_mean(top)
+        scale = linf_constant(count) * scale
+        return mean, ops.square(scale)
+
+    if p == 2.0:
+        powered = ops.square(deviation)
+    elif p == 1.0:
+        powered = ops.abs(deviation)
+    else:
+        powered = ops.power(ops.abs(deviation), p)
+    moment = masked_mean(powered, axis, mask, count, total)
+    if cross_replica is not None:
+        (moment,), _ = cross_replica([moment * count], [])
+        moment = moment / ops.maximum(count, 1.0)
+    return mean, lp_variance(moment, p)
+
+
+def lp_variance(moment, p):
+    """`sigma_p**2 = C_p**2 * moment**(2/p)` from `moment = mean(|x - mu|^p)`.
+
+    p = 2 returns the moment itself and p = 1 a square, both smooth at 0. For
+    other p the power is guarded at 0, where `moment**(2/p)` has an infinite
+    derivative for p > 2 (a constant channel would give a NaN gradient).
+    """
+    p = float(p)
+    if p == 2.0:
+        return moment
+    c2 = lp_constant(p) ** 2
+    if p == 1.0:
+        return c2 * ops.square(moment)
+    positive = moment > 0
+    safe = ops.where(positive, moment, ops.ones_like(moment))
+    return ops.where(positive, c2 * ops.power(safe, 2.0 / p), ops.zeros_like(moment))
+
+
+def mean_statistics(x, axis, mask=None, cross_replica=None):
+    """Per-channel mean only (mean-only batch norm): one pass, one collective."""
+    axis = axis % len(x.shape)
+    dtype = statistics_dtype(x.dtype)
+    total = reduced_count(x, axis)
+    if mask is None:
+        count = _as_dtype(total, dtype)
+    else:
+        mask = ops.cast(mask, "bool")
+        count = ops.sum(ops.cast(mask, dtype))
+    mean = masked_mean(x, axis, mask, count, total)
+    if cross_replica is not None:
+        count = ops.convert_to_tensor(count, dtype=dtype)
+        (sums, count), _ = cross_replica([mean * count, ops.reshape(count, (1,))], [])
+        mean = sums / ops.maximum(count[0], 1.0)
+    return mean
+
+
+def normalize(x, mean, variance, axis, gamma=None, beta=None, epsilon=1e-3):
+    """`gamma * (x - mean) / sqrt(variance + epsilon) + beta`, per channel.
+
+    The same arithmetic, in the same order, as `tf.nn.batch_normalization`
+    (which Keras's `BatchNormalization` calls): `x * inv + (beta - mean * inv)`
+    with `inv = gamma * rsqrt(variance + epsilon)`. The per-channel vectors are
+    combined in their own (statistics) dtype and cast to x's dtype at the end,
+    so a float16 `x` never sees `sigma**2`, which may not fit in float16.
+    """
+    bshape = channel_broadcast_shape(len(x.shape), axis % len(x.shape), x.shape[axis])
+    inv = ops.rsqrt(variance + epsilon)
+    if gamma is not None:
+        inv = inv * gamma
+    offset = -mean * inv if beta is None else beta - mean * inv
+    return x * ops.cast(ops.reshape(inv, bshape), x.dtype) + ops.cast(
+        ops.reshape(offset, bshape), x.dtype
+    )
+
+
+def subtract_mean(x, mean, axis, beta=None):
+    """`x - mean + beta` per channel (mean-only batch norm), one pass over x:
+    the per-channel offset `beta - mean` is formed first, in its own dtype."""
+    bshape = channel_broadcast_shape(len(x.shape), axis % len(x.shape), x.shape[axis])
+    offset = -mean if beta is None else beta - mean
+    return x + ops.cast(ops.reshape(offset, bshape), x.dtype)

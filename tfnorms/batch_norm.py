@@ -1,0 +1,366 @@
+"""Lp batch normalization (Hoffer et al., "Norm matters", NeurIPS 2018).
+
+`LpBatchNormalization` normalizes each channel by an Lp estimate of its
+standard deviation instead of the L2 one (SPEC section 4);
+`L1BatchNormalization` and `LinfBatchNormalization` are its presets. The
+layer follows `keras.layers.BatchNormalization` argument for argument,
+variable for variable (gamma, beta, moving_mean, moving_variance, where
+`moving_variance` holds `sigma_p**2`), so that p=2 reproduces it and weights
+move between the two both ways.
+
+The statistics are the pure functions of `tfnorms.ops`; the cross-replica
+reduction (`synchronized=True`) is `tfnorms.distribute`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfnorms import _validation, distribute
+from tfnorms import ops as norm_ops
+
+
+class BatchStatisticsLayer(keras.layers.Layer):
+    """What the batch norms of this package share: the channel axis, the
+    moving averages (Keras's momentum convention), masks, synchronization and
+    the dtype the statistics are computed in.
+
+    Subclasses create their variables in `build` (after calling this
+    `build`) and compute in `call`.
+    """
+
+    def __init__(self, axis=-1, momentum=0.99, synchronized=False, low_precision=False, **kwargs):
+        super().__init__(**kwargs)
+        self.axis = _validation.integer("axis", axis)
+        self.momentum = _validation.unit_interval("momentum", momentum)
+        self.synchronized = _validation.boolean("synchronized", synchronized)
+        self.low_precision = _validation.boolean("low_precision", low_precision)
+        self.supports_masking = True
+        self._channel_axis = None
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        self._channel_axis = _validation.axis_in_range("axis", self.axis, ndim, self.name)
+        channels = input_shape[self._channel_axis]
+        if channels is None:
+            raise ValueError(
+                f"Layer '{self.name}' needs a known size on its axis {self.axis}; "
+                f"received input shape {tuple(input_shape)}."
+            )
+        self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self.axis: channels})
+        return (channels,)
+
+    def compute_output_shape(self, input_shape):
+        _validation.axis_in_range("axis", self.axis, len(input_shape), self.name)
+        return input_shape
+
+    # ------------------------------------------------------------- helpers
+    def _working_inputs(self, inputs):
+        """The inputs in the dtype of the elementwise work: float32 (or wider)
+        as Keras, or the input's own float dtype with `low_precision`."""
+        dtype = keras.backend.standardize_dtype(inputs.dtype)
+        if not (self.low_precision and keras.backend.is_float_dtype(dtype)):
+            dtype = norm_ops.statistics_dtype(dtype)
+        return ops.cast(inputs, dtype)
+
+    def _channel_mask(self, inputs, mask):
+        """Keras's mask (the input's shape without the channel axis) as a
+        boolean tensor with size 1 on the channel axis."""
+        if mask is None:
+            return None
+        if len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                f"Layer '{self.name}' takes a mask with one dimension less than its "
+                f"inputs (all but the channel axis); received mask.shape={mask.shape}, "
+                f"inputs.shape={inputs.shape}."
+            )
+        return ops.expand_dims(ops.cast(mask, "bool"), self._channel_axis)
+
+    def _cross_replica(self):
+        return distribute.reducer(self.synchronized)
+
+    def _update_moving(self, variable, value):
+        """`moving = moving * momentum + value * (1 - momentum)` (Keras's
+        convention: momentum is the share of the old value that is kept)."""
+        old = ops.cast(variable, value.dtype)
+        variable.assign(
+            ops.cast(old * self.momentum + value * (1.0 - self.momentum), variable.dtype)
+        )
+
+    def _cast_variable(self, variable, dtype):
+        return None if variable is None else ops.cast(variable, dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "axis": self.axis,
+                "momentum": self.momentum,
+                "synchronized": self.synchronized,
+                "low_precision": self.low_precision,
+            }
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class LpBatchNormalization(BatchStatisticsLayer):
+    """Batch normalization with an Lp estimate of the standard deviation.
+
+    In training, per channel (the `axis` of the input) over the `n` elements
+    of the other axes (all replicas' elements with `synchronized=True`):
+
+        mu        = mean(x)
+        sigma_p   = C_p * mean(|x - mu|**p)**(1/p)            1 <= p < inf
+        sigma_inf = C_inf(n) * max|x - mu|                    p = inf
+                  = C_inf(n) * mean of the top_k largest |x - mu|
+        y         = gamma * (x - mu) / sqrt(sigma_p**2 + epsilon) + beta
+
+    with `C_p = (sqrt(pi) / (2**(p/2) * Gamma((p+1)/2)))**(1/p)` (C_1 =
+    sqrt(pi/2), C_2 = 1) and `C_inf(n) = (1 + sqrt(pi ln 4)) / (2 sqrt(2 ln n))`
+    (n < 2 counts as 2), so that `sigma_p` estimates the standard deviation of
+    Gaussian data. The same `C_inf(n)` is applied to top-k means, as in the
+    authors' code. In inference:
+
+        y = gamma * (x - moving_mean) / sqrt(moving_variance + epsilon) + beta
+
+    where `moving_variance` is the moving average of `sigma_p**2`. `p=2` is
+    `keras.layers.BatchNormalization` (same epsilon placement, momentum
+    convention, float32 statistics and variables), so weights load from one
+    into the other.
+
+    Args:
+        p: the order of the norm, a real number >= 1, or infinity
+            (`float("inf")`, `numpy.inf` or `"inf"`). p = 1 and p = inf need no
+            squares, which is the paper's argument for low precision. Very
+            large finite p can overflow `|x - mu|**p`; use p = inf instead.
+        top_k: with p = inf only: average the k largest deviations instead
+            of taking the maximum (the authors use k = 10). `None` (or 1) is
+            the maximum.
+        axis: the channel axis (e.g. 1 for `channels_first` images).
+        momentum: share of the old moving statistics kept at each training
+            step, in [0, 1) (Keras's convention, not the authors' reversed one).
+        epsilon: added to `sigma_p**2` before the square root, > 0.
+        center: add the learned offset `beta`.
+        scale: multiply by the learned scale `gamma`.
+        beta_initializer, gamma_initializer, moving_mean_initializer,
+        moving_variance_initializer, beta_regularizer, gamma_regularizer,
+        beta_constraint, gamma_constraint: as in Keras's `BatchNormalization`.
+        synchronized: compute the statistics over all replicas' elements
+            under a `tf.distribute` strategy (MirroredStrategy,
+            MultiWorkerMirroredStrategy), masks included (where Keras falls back
+            to per-replica statistics). Two collectives per training call. On
+            the JAX backend nothing needs doing: a training step jitted over a
+            batch sharded across devices (`keras.distribution.DataParallel`)
+            already reduces over the global batch, and the flag is accepted so
+            that configs move between backends.
+        low_precision: compute the statistics in the input's own dtype
+            (float16/bfloat16) instead of float32. The elementwise work
+            (`x - mu`, `|x - mu|**p`, the normalization) then runs in the input
+            dtype; the per-channel results are combined in float32 (and the
+            backends' mean reductions accumulate in float32). With float16
+            inputs of magnitude ~1000, p=2 overflows (squares > 65504) where
+            p=1 and p=inf stay finite. Default `False`, as Keras.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: a tensor of any rank.
+        training: use the batch statistics and update the moving ones (only
+            when the layer is trainable, as Keras).
+        mask: the input's shape without the channel axis; only its true
+            positions enter the statistics. All positions are normalized.
+    """
+
+    def __init__(
+        self,
+        p=2,
+        top_k=None,
+        axis=-1,
+        momentum=0.99,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        moving_mean_initializer="zeros",
+        moving_variance_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        synchronized=False,
+        low_precision=False,
+        **kwargs,
+    ):
+        super().__init__(
+            axis=axis,
+            momentum=momentum,
+            synchronized=synchronized,
+            low_precision=low_precision,
+            **kwargs,
+        )
+        self.p = _validation.norm_order("p", p)
+        self.top_k = _validation.positive_int("top_k", top_k, allow_none=True)
+        if self.top_k is not None and not math.isinf(self.p):
+            raise ValueError(
+                f"`top_k` applies to p=inf only (the mean of the k largest deviations); "
+                f"received top_k={top_k!r} with p={self.p!r}."
+            )
+        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        self.center = _validation.boolean("center", center)
+        self.scale = _validation.boolean("scale", scale)
+        self.beta_initializer = _validation.initializer("beta_initializer", beta_initializer)
+        self.gamma_initializer = _validation.initializer("gamma_initializer", gamma_initializer)
+        self.moving_mean_initializer = _validation.initializer(
+            "moving_mean_initializer", moving_mean_initializer
+        )
+        self.moving_variance_initializer = _validation.initializer(
+            "moving_variance_initializer", moving_variance_initializer
+        )
+        self.beta_regularizer = _validation.regularizer("beta_regularizer", beta_regularizer)
+        self.gamma_regularizer = _validation.regularizer("gamma_regularizer", gamma_regularizer)
+        self.beta_constraint = _validation.constraint("beta_constraint", beta_constraint)
+        self.gamma_constraint = _validation.constraint("gamma_constraint", gamma_constraint)
+        self.gamma = None
+        self.beta = None
+        self.moving_mean = None
+        self.moving_variance = None
+
+    def build(self, input_shape):
+        shape = super().build(input_shape)
+        # Keras's order and names, so that weights move both ways.
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        self.moving_mean = self.add_weight(
+            shape=shape,
+            name="moving_mean",
+            initializer=self.moving_mean_initializer,
+            trainable=False,
+            autocast=False,
+        )
+        self.moving_variance = self.add_weight(
+            shape=shape,
+            name="moving_variance",
+            initializer=self.moving_variance_initializer,
+            trainable=False,
+            autocast=False,
+        )
+
+    def call(self, inputs, training=None, mask=None):
+        mask = self._channel_mask(inputs, mask)
+        x = self._working_inputs(inputs)
+        dtype = norm_ops.statistics_dtype(x.dtype)
+        if training and self.trainable:
+            mean, variance = norm_ops.lp_statistics(
+                x,
+                self._channel_axis,
+                p=self.p,
+                top_k=self.top_k,
+                mask=mask,
+                cross_replica=self._cross_replica(),
+            )
+            self._update_moving(self.moving_mean, mean)
+            self._update_moving(self.moving_variance, variance)
+        else:
+            mean = ops.cast(self.moving_mean, dtype)
+            variance = ops.cast(self.moving_variance, dtype)
+        outputs = norm_ops.normalize(
+            x,
+            mean,
+            variance,
+            self._channel_axis,
+            gamma=self._cast_variable(self.gamma, dtype),
+            beta=self._cast_variable(self.beta, dtype),
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                # "inf" rather than float("inf"): JSON has no infinity.
+                "p": "inf" if math.isinf(self.p) else self.p,
+                "top_k": self.top_k,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+                "moving_mean_initializer": keras.initializers.serialize(
+                    self.moving_mean_initializer
+                ),
+                "moving_variance_initializer": keras.initializers.serialize(
+                    self.moving_variance_initializer
+                ),
+                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+            }
+        )
+        return config
+
+
+def _refuse_p(cls, kwargs, p):
+    if "p" in kwargs:
+        raise ValueError(
+            f"{cls.__name__} fixes p={p}; received p={kwargs['p']!r}. Use "
+            "LpBatchNormalization for other orders."
+        )
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class L1BatchNormalization(LpBatchNormalization):
+    """`LpBatchNormalization(p=1)`: sigma = sqrt(pi/2) * mean|x - mu|.
+
+    Takes every argument of `LpBatchNormalization` except `p` and `top_k`.
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        _refuse_p(type(self), kwargs, 1)
+        super().__init__(p=1, axis=axis, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["p"], config["top_k"]
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class LinfBatchNormalization(LpBatchNormalization):
+    """`LpBatchNormalization(p=inf)`: sigma = C_inf(n) * max|x - mu|, or the
+    mean of the `top_k` largest deviations (the authors use top_k=10).
+
+    Takes every argument of `LpBatchNormalization` except `p`.
+    """
+
+    def __init__(self, top_k=None, axis=-1, **kwargs):
+        _refuse_p(type(self), kwargs, "inf")
+        super().__init__(p="inf", top_k=top_k, axis=axis, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["p"]
+        return config
