@@ -1,0 +1,250 @@
+"""Callbacks that make a run resumable and observable, for `fit` and for the
+multi-worker custom loop alike.
+
+Every file in `--out` is written atomically (a temporary file, then
+`os.replace`), so a run killed at any point leaves either the old or the new
+version of each file, never half of one. The epoch log is cut back to the
+epochs that the backup holds when a run resumes, so every epoch is logged
+exactly once however often the run was killed.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import sys
+import time
+
+import keras
+
+BACKUP_DIR = "backup"
+LOG_CSV = "log.csv"
+BEST_MODEL = "best.keras"
+BEST_JSON = "best.json"
+COLUMNS = (
+    "epoch",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "lr",
+    "train_seconds",
+    "epoch_seconds",
+    "images_per_second",
+    "warmup",
+)
+
+
+# ------------------------------------------------------------- file helpers
+def write_atomic(path, text):
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def save_model_atomic(model, path):
+    """`model.save(path)` through a temporary `.keras` file beside it."""
+    directory, name = os.path.split(path)
+    tmp = os.path.join(directory, f".tmp-{name}")
+    model.save(tmp)
+    os.replace(tmp, path)
+
+
+def backed_up_epochs(out_dir):
+    """How many epochs the backup in `out_dir` holds (0 without one)."""
+    path = os.path.join(out_dir, BACKUP_DIR, "training_metadata.json")
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return int(json.load(handle)["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
+
+
+def read_log(out_dir):
+    path = os.path.join(out_dir, LOG_CSV)
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="", encoding="utf-8") as handle:
+        rows = []
+        for row in csv.DictReader(handle):
+            rows.append({k: (int(v) if k == "epoch" else _number(v)) for k, v in row.items()})
+        return rows
+
+
+def _number(text):
+    try:
+        return float(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def _to_float(value):
+    try:
+        return float(keras.ops.convert_to_numpy(value))
+    except (TypeError, ValueError):
+        return None
+
+
+def current_lr(optimizer):
+    return _to_float(optimizer.learning_rate)
+
+
+# ---------------------------------------------------------------- callbacks
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` in `out/backup`, kept after the run (so that running
+    a finished command again only rewrites the final outputs), with two
+    generations of weights (a kill during a save falls back to the previous
+    one), and written by the chief alone in a multi-worker run (the others
+    restore from it but never write)."""
+
+    def __init__(self, out_dir, is_chief=True):
+        super().__init__(
+            os.path.join(out_dir, BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False
+        )
+        self.is_chief = is_chief
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.is_chief:
+            super().on_epoch_end(epoch, logs)
+
+    def on_train_end(self, logs=None):
+        pass
+
+
+class Throughput(keras.callbacks.Callback):
+    """Adds `train_seconds`, `epoch_seconds`, `images_per_second` (training
+    images over training time, validation excluded), `warmup` (1 for the
+    first epoch of a process, which includes tracing) and `lr` to each
+    epoch's logs."""
+
+    def __init__(self, images_per_epoch):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self._start = self._train_seconds = None
+        self._epochs_seen = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+        self._train_seconds = None
+
+    def on_test_begin(self, logs=None):
+        if self._start is not None and self._train_seconds is None:
+            self._train_seconds = time.perf_counter() - self._start
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is None:
+            return
+        elapsed = time.perf_counter() - self._start
+        train = self._train_seconds if self._train_seconds is not None else elapsed
+        logs["train_seconds"] = train
+        logs["epoch_seconds"] = elapsed
+        logs["images_per_second"] = self.images_per_epoch / max(train, 1e-9)
+        # The first epoch of each process includes tracing and compilation.
+        logs["warmup"] = 1.0 if self._epochs_seen == 0 else 0.0
+        self._epochs_seen += 1
+        if self.model is not None and getattr(self.model, "optimizer", None) is not None:
+            logs["lr"] = current_lr(self.model.optimizer)
+
+
+class SlowSteps(keras.callbacks.Callback):
+    """Test hook (`--slow-steps`): sleep after every training step."""
+
+    def __init__(self, seconds):
+        super().__init__()
+        self.seconds = seconds
+
+    def on_train_batch_end(self, batch, logs=None):
+        time.sleep(self.seconds)
+
+
+class EpochLog(keras.callbacks.Callback):
+    """`log.csv` (one row per epoch, each epoch once across restarts) and a
+    one-line summary per epoch on stdout."""
+
+    def __init__(self, out_dir, epochs, stream=None):
+        super().__init__()
+        self.out_dir = out_dir
+        self.epochs = epochs
+        self.stream = stream or sys.stdout
+        self.rows = []
+
+    def on_train_begin(self, logs=None):
+        done = backed_up_epochs(self.out_dir)
+        self.rows = [row for row in read_log(self.out_dir) if row["epoch"] <= done]
+        self._write()
+        if done:
+            print(f"resuming from the backup after epoch {done}/{self.epochs}", file=self.stream)
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {"epoch": epoch + 1}
+        for key, value in logs.items():
+            number = _to_float(value)
+            if number is not None:
+                row[key] = number
+        self.rows = [r for r in self.rows if r["epoch"] < epoch + 1] + [row]
+        self._write()
+        print(summary_line(row, self.epochs), file=self.stream, flush=True)
+
+    def _write(self):
+        keys = list(COLUMNS) + sorted({k for r in self.rows for k in r} - set(COLUMNS))
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
+        writer.writeheader()
+        for row in self.rows:
+            writer.writerow({k: row.get(k, "") for k in keys})
+        write_atomic(os.path.join(self.out_dir, LOG_CSV), buffer.getvalue())
+
+
+def summary_line(row, epochs):
+    def fmt(key, spec):
+        value = row.get(key)
+        return "-" if value is None or not math.isfinite(value) else format(value, spec)
+
+    error = row.get("val_accuracy")
+    error = "-" if error is None else f"{100 * (1 - error):.2f}%"
+    return (
+        f"epoch {row['epoch']}/{epochs}: loss {fmt('loss', '.4f')} "
+        f"accuracy {fmt('accuracy', '.4f')} | test loss {fmt('val_loss', '.4f')} "
+        f"error {error} | lr {fmt('lr', '.4g')} | "
+        f"{fmt('images_per_second', '.1f')} images/s ({fmt('train_seconds', '.1f')} s training)"
+    )
+
+
+class BestModel(keras.callbacks.Callback):
+    """`best.keras`: the model with the highest test accuracy so far (kept in
+    `best.json` across restarts)."""
+
+    def __init__(self, out_dir, monitor="val_accuracy"):
+        super().__init__()
+        self.out_dir = out_dir
+        self.monitor = monitor
+        self.best = None
+
+    def on_train_begin(self, logs=None):
+        try:
+            with open(os.path.join(self.out_dir, BEST_JSON), encoding="utf-8") as handle:
+                record = json.load(handle)
+            if record.get("epoch", math.inf) <= backed_up_epochs(self.out_dir):
+                self.best = record[self.monitor]
+        except (OSError, ValueError, KeyError):
+            self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is None:
+            return
+        value = float(value)
+        if self.best is None or value > self.best:
+            self.best = value
+            save_model_atomic(self.model, os.path.join(self.out_dir, BEST_MODEL))
+            write_atomic(
+                os.path.join(self.out_dir, BEST_JSON),
+                json.dumps({"epoch": epoch + 1, self.monitor: value}) + "\n",
+            )
