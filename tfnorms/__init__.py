@@ -9,18 +9,25 @@ from tfnorms.batch_norm import (
     LpBatchNormalization,
 )
 from tfnorms.bounded_weight_norm import BoundedWeightNorm
+from tfnorms.constraints import CenteredUnitNorm, FixedNorm
 from tfnorms.mean_only_batch_norm import MeanOnlyBatchNormalization
+from tfnorms.model_tools import convert_model, data_init, strip
 from tfnorms.weight_norm import CenteredWeightNorm, WeightNormalization
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BoundedWeightNorm",
+    "CenteredUnitNorm",
     "CenteredWeightNorm",
+    "FixedNorm",
     "L1BatchNormalization",
     "LinfBatchNormalization",
     "LpBatchNormalization",
     "MeanOnlyBatchNormalization",
     "WeightNormalization",
     "__version__",
+    "convert_model",
+    "data_init",
+    "strip",
 ]

@@ -63,17 +63,19 @@ class BoundedWeightNorm(KernelNormWrapper):
             def rho_initializer(shape, dtype=None):
                 return ops.mean(unit_norms(None, dtype))
 
-        self._rhos[kernel_axes.name] = self.add_weight(
-            name=self._parameter_name(kernel_axes.name, "rho"),
-            shape=(),
-            initializer=rho_initializer,
-            trainable=False,
+        rho_options = dict(
+            name=self._parameter_name(kernel_axes.name, "rho"), shape=(), trainable=False
         )
+        if self.rho is None:  # taken from the kernel: redone by initialize_from_kernels()
+            rho = self._add_kernel_dependent_weight(rho_initializer, **rho_options)
+        else:
+            rho = self.add_weight(initializer=rho_initializer, **rho_options)
+        self._rhos[kernel_axes.name] = rho
         if self.per_unit_gain:
-            self._gains[kernel_axes.name] = self.add_weight(
+            self._gains[kernel_axes.name] = self._add_kernel_dependent_weight(
+                unit_norms,
                 name=self._parameter_name(kernel_axes.name, "g"),
                 shape=kernel_axes.unit_shape(variable.shape),
-                initializer=unit_norms,
                 trainable=True,
             )
 

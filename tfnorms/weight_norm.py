@@ -10,6 +10,7 @@ mapping every inner variable (SPEC section 8: mapping only the kernel breaks
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import keras
@@ -30,6 +31,17 @@ class KernelNormWrapper(keras.layers.Wrapper):
     Subclasses implement `_build_kernel_parameters(variable, kernel_axes)`
     (create their variables for one kernel, in a fixed order) and
     `_effective_kernel(variable, kernel_axes)`.
+
+    Recurrent layers: a wrapped SimpleRNN/LSTM/GRU layer exposes the inner
+    layer's `return_sequences`, `return_state`, `go_backwards`, `stateful`,
+    `states` and `reset_state()`, so `keras.layers.Bidirectional` accepts it
+    (`Bidirectional(CenteredWeightNorm(LSTM(8)))` normalizes both
+    directions, each with its own parameters). A wrapped cell exposes
+    `state_size`, `output_size` and `get_initial_state()`, so
+    `keras.layers.RNN(CenteredWeightNorm(LSTMCell(8)))` works too, but it
+    recomputes the normalized kernels at every time step: wrap the layer
+    (kernels computed once per call) unless you need the cell. Keras's fused
+    (cuDNN) LSTM/GRU paths are not used inside a wrapper.
     """
 
     def __init__(self, layer, epsilon=1e-12, **kwargs):
@@ -53,6 +65,9 @@ class KernelNormWrapper(keras.layers.Wrapper):
         self.autocast = False
         self.supports_masking = getattr(layer, "supports_masking", False)
         self._set_untracked("_kernels", [])
+        # (variable, initializer) of the parameters whose initial value is
+        # read from the kernel; see `initialize_from_kernels`.
+        self._set_untracked("_kernel_dependent", [])
         self._inner_call_args = ()
 
     # ------------------------------------------------------------------ build
@@ -72,6 +87,25 @@ class KernelNormWrapper(keras.layers.Wrapper):
 
     def _build_kernel_parameters(self, variable, kernel_axes):
         raise NotImplementedError
+
+    def _add_kernel_dependent_weight(self, initializer, **kwargs):
+        """`add_weight`, remembering an initializer that reads the kernel."""
+        variable = self.add_weight(initializer=initializer, **kwargs)
+        self._kernel_dependent.append((variable, initializer))
+        return variable
+
+    def initialize_from_kernels(self):
+        """Re-run the initializers that read the inner kernels.
+
+        The `"norm"` scale of `CenteredWeightNorm`/`WeightNormalization`
+        and `BoundedWeightNorm`'s default `rho` and per-unit gains take their
+        initial values from the kernel `V` when the wrapper is built. After
+        you set `V` yourself (say, copied from a trained plain layer), call
+        this to take them from the new `V`; the other parameters are left
+        as they are. `tfnorms.convert_model` does this for you.
+        """
+        for variable, initializer in self._kernel_dependent:
+            variable.assign(initializer(variable.shape, variable.dtype))
 
     def _effective_kernel(self, variable, kernel_axes):
         raise NotImplementedError
@@ -103,12 +137,25 @@ class KernelNormWrapper(keras.layers.Wrapper):
             for variable, kernel_axes in self._kernels
         }
 
-    def call(self, inputs, training=None, mask=None, **kwargs):
+    def _inner_state_variables(self):
+        """Every variable the inner layer reads or updates in `call`: its
+        weights, plus a stateful RNN's state variables (which Keras keeps out
+        of `weights`)."""
+        variables = list(self.layer.variables)
+        if isinstance(self.layer, keras.layers.RNN) and self.layer.stateful:
+            seen = {id(v) for v in variables}
+            for state in keras.tree.flatten(self.layer.states or []):
+                if isinstance(state, keras.Variable) and id(state) not in seen:
+                    variables.append(state)
+        return variables
+
+    def call(self, inputs, *args, training=None, mask=None, **kwargs):
+        # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         kernels = {
             id(variable): self._effective_kernel(variable, kernel_axes)
             for variable, kernel_axes in self._kernels
         }
-        inner_variables = self.layer.variables
+        inner_variables = self._inner_state_variables()
         mapping = [(v, kernels[id(v)] if id(v) in kernels else v.value) for v in inner_variables]
         if "training" in self._inner_call_args:
             kwargs["training"] = training
@@ -116,7 +163,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
             kwargs["mask"] = mask
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
             before = {id(v): scope.get_current_value(v) for v in inner_variables}
-            outputs = self.layer(inputs, **kwargs)
+            outputs = self.layer(inputs, *args, **kwargs)
         # Carry out the inner layer's own state updates (RNN states, seeds).
         for variable in inner_variables:
             if id(variable) in kernels:
@@ -136,39 +183,92 @@ class KernelNormWrapper(keras.layers.Wrapper):
             return self.layer.compute_mask(inputs, mask)
         return mask
 
+    # ---------------------------------------- recurrent layers and cells
+    def _recurrent_attribute(self, name):
+        layer = self.__dict__.get("layer")
+        if layer is None or not hasattr(layer, name):
+            raise AttributeError(
+                f"{type(self).__name__} '{self.name}' wraps "
+                f"{type(layer).__name__}, which has no attribute '{name}'."
+            )
+        return getattr(layer, name)
+
+    go_backwards = property(lambda self: self._recurrent_attribute("go_backwards"))
+    return_sequences = property(lambda self: self._recurrent_attribute("return_sequences"))
+    return_state = property(lambda self: self._recurrent_attribute("return_state"))
+    stateful = property(lambda self: self._recurrent_attribute("stateful"))
+    states = property(lambda self: self._recurrent_attribute("states"))
+    state_size = property(lambda self: self._recurrent_attribute("state_size"))
+    output_size = property(lambda self: self._recurrent_attribute("output_size"))
+
+    @property
+    def zero_output_for_mask(self):
+        return self._recurrent_attribute("zero_output_for_mask")
+
+    @zero_output_for_mask.setter
+    def zero_output_for_mask(self, value):
+        # `Bidirectional` sets this on the layers it holds.
+        self._recurrent_attribute("zero_output_for_mask")
+        self.layer.zero_output_for_mask = value
+
+    def get_initial_state(self, batch_size):
+        return self._recurrent_attribute("get_initial_state")(batch_size=batch_size)
+
+    def reset_state(self):
+        return self._recurrent_attribute("reset_state")()
+
+    def reset_states(self):
+        return self.reset_state()
+
     # ---------------------------------------------------------------- removal
+    def _require_built(self, what):
+        if not self.built:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' is not built yet; call it on "
+                f"data (or build it) before {what}."
+            )
+
+    def plain_weights(self):
+        """The inner layer's weights as NumPy arrays, in the order of
+        `self.layer.weights`, with every normalized kernel replaced by its
+        effective kernel `W`: what `set_weights` of a plain copy of the inner
+        layer takes to compute what the wrapper computes."""
+        self._require_built("plain_weights()")
+        kernels = {id(v): self._effective_kernel(v, a) for v, a in self._kernels}
+        return [
+            ops.convert_to_numpy(kernels[id(v)] if id(v) in kernels else v.value)
+            for v in self.layer.weights
+        ]
+
     def remove(self):
         """A plain copy of the inner layer with the effective kernels baked in.
 
         The copy computes what the wrapper computes, with no normalization
         left: what to export for inference. The wrapper is left unchanged.
+        `tfnorms.strip(model)` does this for every wrapper of a model.
         """
-        if not self.built:
-            raise ValueError(
-                f"{type(self).__name__} '{self.name}' is not built yet; call it on "
-                "data (or build it) before remove()."
-            )
-        config = self.layer.get_config()
-        plain = type(self.layer).from_config(config)
+        self._require_built("remove()")
+        plain = type(self.layer).from_config(copy.deepcopy(self.layer.get_config()))
         plain.build(self._inner_input_shape)
-        kernels = {
-            kernel_axes.name: self._effective_kernel(variable, kernel_axes)
-            for variable, kernel_axes in self._kernels
-        }
-        kernel_ids = {id(variable): kernel_axes.name for variable, kernel_axes in self._kernels}
-        values = [
-            ops.convert_to_numpy(kernels[kernel_ids[id(v)]])
-            if id(v) in kernel_ids
-            else ops.convert_to_numpy(v.value)
-            for v in self.layer.weights
-        ]
-        plain.set_weights(values)
+        plain.set_weights(self.plain_weights())
         return plain
 
     def get_config(self):
         config = super().get_config()
         config["epsilon"] = self.epsilon
         return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        # `keras.layers.Bidirectional` makes its backward copy by setting
+        # `go_backwards` in the copy's config: it belongs to the inner RNN.
+        if "go_backwards" in config:
+            go_backwards = config.pop("go_backwards")
+            inner = copy.deepcopy(config["layer"])
+            inner["config"]["go_backwards"] = go_backwards
+            config["layer"] = inner
+        return super().from_config(config, custom_objects=custom_objects)
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -233,18 +333,19 @@ class CenteredWeightNorm(KernelNormWrapper):
     def _build_kernel_parameters(self, variable, kernel_axes):
         if not self.scale:
             return
-        if self.scale_initializer == NORM_INITIALIZER:
-            initializer = self._initial_unit_norms(variable, kernel_axes, self.center)
-        else:
-            initializer = self.scale_initializer
-        self._scales[kernel_axes.name] = self.add_weight(
+        options = dict(
             name=self._parameter_name(kernel_axes.name, "g"),
             shape=kernel_axes.unit_shape(variable.shape),
-            initializer=initializer,
             regularizer=self.scale_regularizer,
             constraint=self.scale_constraint,
             trainable=True,
         )
+        if self.scale_initializer == NORM_INITIALIZER:
+            initializer = self._initial_unit_norms(variable, kernel_axes, self.center)
+            scale = self._add_kernel_dependent_weight(initializer, **options)
+        else:
+            scale = self.add_weight(initializer=self.scale_initializer, **options)
+        self._scales[kernel_axes.name] = scale
 
     def _effective_kernel(self, variable, kernel_axes):
         scale = self._scales.get(kernel_axes.name)

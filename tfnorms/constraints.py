@@ -1,0 +1,186 @@
+"""Kernel constraints (SPEC section 5): the projected-gradient counterparts of
+the weight-norm wrappers, with no extra variables.
+
+Keras applies a variable's constraint after every optimizer step
+(`variable.assign(constraint(variable))`), so after `fit` each output unit
+of the kernel satisfies the projection exactly.
+
+Which axes form one output unit:
+
+- `axis` has Keras's `UnitNorm` meaning: the axes reduced within one unit.
+  `axis=None` (default) reduces all but the last axis, right for Dense,
+  EinsumDense (2-D kernel), Conv1D/2D/3D and the kernels of SimpleRNN, LSTM
+  and GRU (each gate unit on its own).
+- `unit_axes` names the other side: the axes that index the output units
+  (counted from the end, so independent of the kernel's rank); every other
+  axis is reduced. A transposed convolution, whose kernel is
+  `(*k, out, in)`, needs `unit_axes=-2`; a depthwise convolution
+  `unit_axes=(-2, -1)`.
+- `for_layer(layer_class)` reads both from tfnorms' output-unit table
+  (SPEC section 1, the table the wrappers use) and returns the constructor
+  arguments, one per kernel of that layer kind:
+
+      keras.layers.Conv2DTranspose(
+          16, 3, **tfnorms.CenteredUnitNorm.for_layer(keras.layers.Conv2DTranspose)
+      )
+      # == Conv2DTranspose(16, 3, kernel_constraint=CenteredUnitNorm(unit_axes=(-2,)))
+      keras.layers.LSTM(32, **tfnorms.FixedNorm.for_layer(keras.layers.LSTM, value=2.0))
+      # sets kernel_constraint and recurrent_constraint
+
+The epsilon sits inside the square root, as in the wrappers: an all-zero unit
+stays zero (Keras's `UnitNorm` adds its epsilon to the norm instead).
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import keras
+
+from tfnorms import _validation, axes
+from tfnorms import ops as norm_ops
+
+
+def _axes_argument(name, value):
+    """None, an int, or a non-empty list/tuple of distinct ints -> tuple or None."""
+    if value is None:
+        return None
+    items = value if isinstance(value, (list, tuple)) else [value]
+    ok = bool(items) and all(
+        isinstance(a, numbers.Integral) and not isinstance(a, bool) for a in items
+    )
+    if not ok or len(set(items)) != len(items):
+        raise ValueError(
+            f"`{name}` must be None, an integer or a non-empty list of distinct "
+            f"integers; received {value!r}."
+        )
+    return tuple(int(a) for a in items)
+
+
+class _UnitConstraint(keras.constraints.Constraint):
+    """Shared axis handling: which axes of a kernel form one output unit."""
+
+    _center = False
+
+    def __init__(self, axis=None, value=1.0, unit_axes=None, epsilon=1e-12):
+        axis = _axes_argument("axis", axis)
+        unit_axes = _axes_argument("unit_axes", unit_axes)
+        if axis is not None and unit_axes is not None:
+            raise ValueError(
+                f"Give either `axis` (the reduced axes, as in keras UnitNorm) or "
+                f"`unit_axes` (the output-unit axes), not both; received axis={axis!r} "
+                f"and unit_axes={unit_axes!r}."
+            )
+        self.axis = axis
+        self.unit_axes = unit_axes
+        self.value = _validation.positive_float("value", value)
+        self.epsilon = _validation.positive_float("epsilon", epsilon)
+
+    def kernel_axes(self, rank) -> axes.KernelAxes:
+        """The `KernelAxes` of a kernel of this rank under this constraint."""
+        for given in (self.axis, self.unit_axes):
+            if given is not None and not all(-rank <= a < rank for a in given):
+                raise ValueError(
+                    f"{type(self).__name__}: axes {given} are out of range for a {rank}-D kernel."
+                )
+        if self.unit_axes is not None:
+            unit = self.unit_axes
+        elif self.axis is not None:
+            reduced = {a % rank for a in self.axis}
+            unit = tuple(a for a in range(rank) if a not in reduced)
+        else:
+            unit = (-1,)
+        return axes.kernel_axes("kernel", rank, unit)
+
+    def __call__(self, w):
+        w = keras.ops.convert_to_tensor(w)
+        kernel_axes = self.kernel_axes(len(w.shape))
+        projected = norm_ops.unit_normalize(
+            w, kernel_axes.reduce_axes, center=self._center, epsilon=self.epsilon
+        )
+        return projected * keras.ops.cast(self.value, projected.dtype)
+
+    @classmethod
+    def for_layer(cls, layer, **kwargs):
+        """Constructor arguments that constrain every kernel of `layer`.
+
+        Args:
+            layer: a layer class (or instance) with a row in tfnorms'
+                output-unit table.
+            **kwargs: passed to this constraint (`value`, `epsilon`).
+
+        Returns:
+            `{argument name: constraint}`, for example
+            `{"kernel_constraint": ..., "recurrent_constraint": ...}` for an
+            LSTM; pass it on with `**`.
+        """
+        if "axis" in kwargs or "unit_axes" in kwargs:
+            raise ValueError(
+                f"{cls.__name__}.for_layer takes the axes from tfnorms' output-unit "
+                "table; do not pass `axis` or `unit_axes`."
+            )
+        return {
+            axes.constraint_argument(layer, name): cls(unit_axes=unit, **kwargs)
+            for name, unit in axes.unit_axes_for(layer).items()
+        }
+
+    def get_config(self):
+        return {
+            "axis": None if self.axis is None else list(self.axis),
+            "value": self.value,
+            "unit_axes": None if self.unit_axes is None else list(self.unit_axes),
+            "epsilon": self.epsilon,
+        }
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class CenteredUnitNorm(_UnitConstraint):
+    """Every output unit with zero mean and norm `value` (the projection of
+    centered weight normalization).
+
+        w_i <- value * (v_i - mean(v_i)) / sqrt(sum((v_i - mean(v_i))**2) + epsilon)
+
+    Args:
+        axis: the reduced axes, as in `keras.constraints.UnitNorm`; `None`
+            means all but the last.
+        value: the norm of every unit.
+        unit_axes: alternatively, the output-unit axes (all others are
+            reduced), e.g. `-2` for a transposed convolution. See
+            `CenteredUnitNorm.for_layer` to take them from the layer kind.
+        epsilon: added to each squared norm.
+
+    Example:
+
+    >>> import keras, tfnorms
+    >>> dense = keras.layers.Dense(4, kernel_constraint=tfnorms.CenteredUnitNorm())
+    """
+
+    _center = True
+
+    def __init__(self, axis=None, value=1.0, unit_axes=None, epsilon=1e-12):
+        super().__init__(axis=axis, value=value, unit_axes=unit_axes, epsilon=epsilon)
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class FixedNorm(_UnitConstraint):
+    """Every output unit with norm `value` (the bounded-weight-norm
+    projection of Hoffer et al., 2018).
+
+        w_i <- value * v_i / sqrt(sum(v_i**2) + epsilon)
+
+    Args:
+        value: the norm of every unit (required).
+        axis: the reduced axes, as in `keras.constraints.UnitNorm`; `None`
+            means all but the last.
+        unit_axes: alternatively, the output-unit axes (all others are
+            reduced). See `FixedNorm.for_layer`.
+        epsilon: added to each squared norm.
+
+    Example:
+
+    >>> import keras, tfnorms
+    >>> conv = keras.layers.Conv2D(8, 3, kernel_constraint=tfnorms.FixedNorm(2.0))
+    """
+
+    def __init__(self, value, axis=None, unit_axes=None, epsilon=1e-12):
+        super().__init__(axis=axis, value=value, unit_axes=unit_axes, epsilon=epsilon)
