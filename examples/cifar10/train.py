@@ -265,6 +265,12 @@ def _validate(config):
 def configure_devices(config):
     """Before Keras is imported: XLA host devices for JAX; logical CPUs for
     TensorFlow (before TensorFlow initializes its devices)."""
+    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
+    if config["strategy"] == "multiworker" and backend == "tensorflow":
+        import tensorflow as tf
+
+        # Collective ops must be configured before TensorFlow's context starts.
+        _cached(("multiworker",), tf.distribute.MultiWorkerMirroredStrategy)
     replicas = config["cpu_replicas"]
     if not replicas or replicas == 1:
         return
@@ -272,7 +278,6 @@ def configure_devices(config):
         flag = f"--xla_force_host_platform_device_count={replicas}"
         if flag not in os.environ.get("XLA_FLAGS", ""):
             os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + flag).strip()
-    backend = os.environ.get("KERAS_BACKEND", "tensorflow")
     if backend == "tensorflow":
         import tensorflow as tf
 
@@ -352,6 +357,8 @@ def make_distribution(config, strategy=None):
 
     import tensorflow as tf
 
+    if strategy is None and kind == "multiworker":
+        strategy = _cached(("multiworker",), tf.distribute.MultiWorkerMirroredStrategy)
     if strategy is None:
         gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
@@ -361,9 +368,7 @@ def make_distribution(config, strategy=None):
                 f"--cpu-replicas {want}: TensorFlow already started with {len(cpus)} "
                 "logical CPU(s); set it before TensorFlow initializes"
             )
-        if kind == "multiworker":
-            strategy = _cached(("multiworker",), tf.distribute.MultiWorkerMirroredStrategy)
-        elif kind == "one":
+        if kind == "one":
             device = gpus[0] if gpus else cpus[0]
             strategy = _cached(("one", device), lambda: tf.distribute.OneDeviceStrategy(device))
         else:
@@ -377,6 +382,8 @@ def make_distribution(config, strategy=None):
                     ("mirrored",) + devices, lambda: tf.distribute.MirroredStrategy(list(devices))
                 )
     name = type(strategy).__name__
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        name = "MultiWorkerMirroredStrategy"  # the class is CollectiveAllReduceStrategy
     devices = list(getattr(strategy.extended, "worker_devices", ()))
     return Distribution(
         name,
