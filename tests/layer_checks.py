@@ -56,6 +56,31 @@ def loss_and_gradients(layer, x, loss_fn, variables=None):
     return to_numpy(loss), [to_numpy(grads[i]) for i in positions]
 
 
+def loss_and_input_gradient(layer, x, loss_fn, training=True):
+    """Loss and its gradient with respect to the input `x` (a NumPy array), on
+    either backend. On JAX the layer runs through `stateless_call`, so its
+    state updates (moving statistics) are not applied."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn(layer(x, training=training))
+        return to_numpy(loss), to_numpy(tape.gradient(loss, x))
+    import jax
+
+    trainable = [v.value for v in layer.trainable_variables]
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def compute(inputs):
+        out, _ = layer.stateless_call(trainable, non_trainable, inputs, training=training)
+        return loss_fn(out)
+
+    loss, grad = jax.value_and_grad(compute)(jax.numpy.asarray(x))
+    return to_numpy(loss), to_numpy(grad)
+
+
 def finite_difference_gradient(layer, x, loss_fn, variable, eps=1e-6, max_entries=12, seed=0):
     """Central differences of the loss for a few entries of `variable`.
 

@@ -99,8 +99,13 @@ _LINF_NUMERATOR = (1.0 + math.sqrt(math.pi * math.log(4.0))) / 2.0
 
 
 def statistics_dtype(dtype):
-    """The dtype the statistics are accumulated in: at least float32."""
-    return keras.backend.result_type(dtype, "float32")
+    """The dtype the statistics are accumulated in: float64 for float64,
+    float32 for everything else (float16, bfloat16, integers).
+
+    Not `keras.backend.result_type(dtype, "float32")`: on the JAX backend that
+    maps float64 to float32.
+    """
+    return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
 
 
 def lp_constant(p):
