@@ -232,6 +232,12 @@ def _replica_values(variable):
     return [v.numpy() for v in values] if values is not None else [np.asarray(inner)]
 
 
+def replica_values(variable):
+    """The per-replica values of a mirrored Keras variable, as NumPy arrays
+    (TF backend; one value when the variable is not mirrored)."""
+    return _replica_values(variable)
+
+
 _STRATEGY = []
 
 

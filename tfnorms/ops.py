@@ -265,11 +265,12 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
         count = ops.sum(ops.cast(mask, dtype))
 
     # Pass 1: the mean (global when synchronized: one collective with the count).
-    mean = masked_mean(x, axis, mask, count, total)
+    local_count = count
+    mean = masked_mean(x, axis, mask, local_count, total)
     if cross_replica is not None:
-        count = ops.convert_to_tensor(count, dtype=dtype)
-        (sums, count), _ = cross_replica([mean * count, ops.reshape(count, (1,))], [])
-        count = count[0]
+        local_count = ops.convert_to_tensor(local_count, dtype=dtype)
+        (sums, count), _ = cross_replica([mean * local_count, ops.reshape(local_count, (1,))], [])
+        count = count[0]  # global from here on
         mean = sums / ops.maximum(count, 1.0)
 
     # Pass 2: the deviations and the scale.
@@ -309,9 +310,9 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
         powered = ops.abs(deviation)
     else:
         powered = ops.power(ops.abs(deviation), p)
-    moment = masked_mean(powered, axis, mask, count, total)
+    moment = masked_mean(powered, axis, mask, local_count, total)
     if cross_replica is not None:
-        (moment,), _ = cross_replica([moment * count], [])
+        (moment,), _ = cross_replica([moment * local_count], [])
         moment = moment / ops.maximum(count, 1.0)
     return mean, lp_variance(moment, p)
 

@@ -1,0 +1,129 @@
+"""One worker of the two-process MultiWorkerMirroredStrategy test.
+
+    python tests/multiworker_worker.py INDEX PORT0 PORT1 DIRECTORY
+
+Both workers train the model of `make_model` (synchronized Lp, top-k and
+mean-only batch norms behind a Masking layer) with the initial weights in
+DIRECTORY/initial.npz, for `STEPS` steps of the global batches of
+`global_batches()`, worker i's replica taking rows [i*8, i*8+8) of each. Keras's
+`fit` fails under this strategy (keras-team/keras#20585, SPEC section 8), so
+the step is a custom one: `strategy.run` with `tf.GradientTape` and
+`optimizer.apply`. Each worker saves its final weights to
+DIRECTORY/worker_INDEX.npz. The test (tests/test_distribute.py) trains the
+same model on one device on the global batches and compares.
+
+Importing this module (the test does, for `make_model` and the data) touches
+neither TensorFlow nor TF_CONFIG.
+"""
+
+import json
+import os
+import sys
+
+import numpy as np
+
+STEPS = 3
+GLOBAL_BATCH = 16
+TIMESTEPS, FEATURES = 5, 4
+LEARNING_RATE = 0.1
+
+
+def global_batches(seed=7):
+    """`STEPS` batches (x, y) of padded sequences: zero rows are masked."""
+    rng = np.random.default_rng(seed)
+    batches = []
+    for _ in range(STEPS):
+        x = rng.normal(1.0, 2.0, size=(GLOBAL_BATCH, TIMESTEPS, FEATURES)).astype("float32")
+        lengths = rng.integers(1, TIMESTEPS + 1, size=GLOBAL_BATCH)
+        x[np.arange(TIMESTEPS)[None, :] >= lengths[:, None]] = 0.0
+        y = rng.normal(size=(GLOBAL_BATCH, 1)).astype("float32")
+        batches.append((x, y))
+    return batches
+
+
+def make_model():
+    import keras
+
+    import tfnorms
+
+    inputs = keras.Input((TIMESTEPS, FEATURES))
+    h = keras.layers.Masking(0.0)(inputs)
+    h = keras.layers.Dense(6)(h)
+    h = tfnorms.LpBatchNormalization(p=1, synchronized=True, momentum=0.5)(h)
+    h = keras.layers.Dense(6, activation="tanh")(h)
+    h = tfnorms.LinfBatchNormalization(top_k=3, synchronized=True, momentum=0.5)(h)
+    h = keras.layers.Dense(6)(h)
+    h = tfnorms.LpBatchNormalization(p=2, synchronized=True, momentum=0.5)(h)
+    h = keras.layers.Dense(6)(h)
+    h = tfnorms.MeanOnlyBatchNormalization(synchronized=True, momentum=0.5)(h)
+    h = keras.layers.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, keras.layers.Dense(1)(h))
+
+
+def step_loss(model, x, y):
+    """Squared error summed over the replica's rows, divided by the global
+    batch size: the replicas' gradients then add up to the global mean's."""
+    from keras import ops
+
+    prediction = model(x, training=True)
+    return ops.sum(ops.square(prediction - y)) / GLOBAL_BATCH
+
+
+def main(index, port0, port1, directory):
+    os.environ["TF_CONFIG"] = json.dumps(
+        {
+            "cluster": {"worker": [f"127.0.0.1:{port0}", f"127.0.0.1:{port1}"]},
+            "task": {"type": "worker", "index": index},
+        }
+    )
+    import tensorflow as tf
+
+    # The strategy first: it must start before TensorFlow initializes devices.
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    import keras
+
+    initial = np.load(os.path.join(directory, "initial.npz"))
+    with strategy.scope():
+        model = make_model()
+        model.set_weights([initial[f"w{i}"] for i in range(len(initial.files))])
+        optimizer = keras.optimizers.SGD(LEARNING_RATE)
+        optimizer.build(model.trainable_variables)
+
+    @tf.function
+    def train_step(x, y):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = step_loss(model, x, y)
+            grads = tape.gradient(loss, model.trainable_variables)
+            optimizer.apply(grads, model.trainable_variables)
+            return loss
+
+        return strategy.run(replica_step, args=(x, y))
+
+    per_replica = GLOBAL_BATCH // strategy.num_replicas_in_sync
+    for x, y in global_batches():
+
+        def part(array):
+            return strategy.experimental_distribute_values_from_function(
+                lambda ctx, array=array: tf.constant(
+                    array[
+                        ctx.replica_id_in_sync_group * per_replica : (
+                            ctx.replica_id_in_sync_group + 1
+                        )
+                        * per_replica
+                    ]
+                )
+            )
+
+        train_step(part(x), part(y))
+
+    weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
+    np.savez(
+        os.path.join(directory, f"worker_{index}.npz"),
+        replicas=strategy.num_replicas_in_sync,
+        **weights,
+    )
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

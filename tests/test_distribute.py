@@ -1,0 +1,344 @@
+"""synchronized=True across replicas (SPEC sections 4, 7 and 8).
+
+Under MirroredStrategy on the two logical CPUs of conftest.py, and under
+MultiWorkerMirroredStrategy with two local worker processes, the
+synchronized statistics equal one device's statistics on the global batch,
+masks included, the replicas' moving statistics stay identical, and
+gradients (hence training) match the one-device run. On JAX, a jitted step
+over a batch sharded across two host devices does the same with no
+collective of ours.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+from layer_checks import (
+    REPO_ROOT,
+    assert_mirrored_matches_single,
+    mirrored_strategy,
+    replica_values,
+    to_numpy,
+)
+
+import tfnorms
+
+tensorflow_only = pytest.mark.tensorflow_only
+
+CONFIGS = {
+    "p1": lambda **kw: tfnorms.LpBatchNormalization(p=1, **kw),
+    "p2": lambda **kw: tfnorms.LpBatchNormalization(p=2, **kw),
+    "p1.5": lambda **kw: tfnorms.LpBatchNormalization(p=1.5, **kw),
+    "pinf": lambda **kw: tfnorms.LinfBatchNormalization(**kw),
+    "top3": lambda **kw: tfnorms.LinfBatchNormalization(top_k=3, **kw),
+    # 10 > the 6 or 9 elements a replica may hold under the mask: sentinels.
+    "top10": lambda **kw: tfnorms.LinfBatchNormalization(top_k=10, **kw),
+    "mean_only": lambda **kw: tfnorms.MeanOnlyBatchNormalization(**kw),
+}
+
+
+def split(array, sizes=(5, 3)):
+    """Uneven per-replica batches: replica 0 takes 5 rows, replica 1 the rest."""
+    return [array[: sizes[0]], array[sizes[0] :]]
+
+
+def on_replicas(strategy, fn, *arrays):
+    """Run `fn(*per_replica_tensors)` on each replica with its own slice of
+    every array (a list of one array per replica, or None); return the
+    per-replica results as lists of NumPy arrays."""
+    import tensorflow as tf
+
+    def distribute(parts):
+        if parts is None:
+            return None
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(parts[ctx.replica_id_in_sync_group])
+        )
+
+    result = strategy.run(fn, args=tuple(distribute(a) for a in arrays))
+    return tf.nest.map_structure(
+        lambda r: [t.numpy() for t in strategy.experimental_local_results(r)], result
+    )
+
+
+def moving_statistics(layer):
+    return [v for v in layer.non_trainable_variables]
+
+
+@tensorflow_only
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_synchronized_statistics_equal_global_batch(name, masked, rng):
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        synced = CONFIGS[name](synchronized=True, momentum=0.5)
+        synced.build((None, 3, 4))
+    single = CONFIGS[name](momentum=0.5)
+    single.build((None, 3, 4))
+    initial = [rng.uniform(0.5, 2.0, size=w.shape) for w in single.weights]
+    single.set_weights(initial)
+    synced.set_weights(initial)
+    for _ in range(2):  # two steps: the moving averages too
+        x = rng.normal(2.0, 3.0, size=(8, 3, 4)).astype("float32")
+        mask = rng.uniform(size=(8, 3)) < 0.6 if masked else None
+        want = to_numpy(single(x, training=True, mask=mask))
+        outputs = on_replicas(
+            strategy,
+            lambda x, m: synced(x, training=True, mask=m),
+            split(x),
+            split(mask) if masked else None,
+        )
+        np.testing.assert_allclose(np.concatenate(outputs), want, rtol=1e-5, atol=1e-5)
+        for mine, theirs in zip(moving_statistics(synced), moving_statistics(single), strict=True):
+            first, second = replica_values(mine)
+            np.testing.assert_array_equal(first, second, err_msg=mine.path)
+            np.testing.assert_allclose(first, to_numpy(theirs), rtol=1e-5, err_msg=mine.path)
+
+
+@tensorflow_only
+def test_unsynchronized_replicas_use_their_own_statistics(rng):
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        local = tfnorms.L1BatchNormalization(momentum=0.0)
+        local.build((None, 4))
+    x = rng.normal(size=(8, 4)).astype("float32")
+    outputs = on_replicas(strategy, lambda x: local(x, training=True), split(x))
+    for part, out in zip(split(x), outputs, strict=True):
+        reference = tfnorms.L1BatchNormalization()
+        np.testing.assert_allclose(out, to_numpy(reference(part, training=True)), atol=1e-5)
+
+
+@tensorflow_only
+@pytest.mark.parametrize("name", ["p1", "p2", "top3", "mean_only"])
+def test_synchronized_gradients_equal_global_batch(name, rng):
+    """Each replica's input gradient is its slice of the one-device gradient
+    of the summed loss, and the replicas' gamma/beta gradients add up to the
+    one-device ones (the collectives' backward passes do the coupling)."""
+    import tensorflow as tf
+
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        synced = CONFIGS[name](synchronized=True)
+        synced.build((None, 3, 4))
+    single = CONFIGS[name]()
+    single.build((None, 3, 4))
+    initial = [rng.uniform(0.5, 2.0, size=w.shape) for w in single.weights]
+    single.set_weights(initial)
+    synced.set_weights(initial)
+    x = rng.normal(1.0, 2.0, size=(8, 3, 4)).astype("float32")
+    w = rng.normal(size=x.shape).astype("float32")
+    mask = rng.uniform(size=(8, 3)) < 0.7
+
+    def gradients(layer, x, w, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True, mask=m)
+            loss = tf.reduce_sum(w * y * y * y)
+        return tape.gradient(loss, [x, *layer.trainable_variables])
+
+    want = [g.numpy() for g in gradients(single, tf.constant(x), tf.constant(w), mask)]
+    got = on_replicas(strategy, lambda *a: gradients(synced, *a), split(x), split(w), split(mask))
+    np.testing.assert_allclose(np.concatenate(got[0]), want[0], rtol=1e-4, atol=1e-4)
+    for replicas, total in zip(got[1:], want[1:], strict=True):
+        np.testing.assert_allclose(replicas[0] + replicas[1], total, rtol=1e-4, atol=1e-4)
+
+
+@tensorflow_only
+def test_one_collective_per_statistics_stage(rng, monkeypatch):
+    """Stacked reductions: two all-reduces per replica for a training call of
+    LpBatchNormalization (mean; scale), one for MeanOnlyBatchNormalization,
+    where Keras's synchronized BatchNormalization issues three."""
+    import tensorflow as tf
+
+    calls = []
+    original = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    strategy = mirrored_strategy()
+    x = rng.normal(size=(8, 4)).astype("float32")
+    counts = {}
+    for name, make in {
+        "lp1": lambda: tfnorms.LpBatchNormalization(p=1, synchronized=True),
+        "top3": lambda: tfnorms.LinfBatchNormalization(top_k=3, synchronized=True),
+        "mean_only": lambda: tfnorms.MeanOnlyBatchNormalization(synchronized=True),
+        "keras": lambda: keras.layers.BatchNormalization(synchronized=True),
+    }.items():
+        with strategy.scope():
+            layer = make()
+            layer.build((None, 4))
+        calls.clear()
+        on_replicas(strategy, lambda x, layer=layer: layer(x, training=True), split(x))
+        counts[name] = len(calls) // strategy.num_replicas_in_sync
+    assert counts == {"lp1": 2, "top3": 2, "mean_only": 1, "keras": 3}, counts
+
+
+def sync_model():
+    return keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            tfnorms.LpBatchNormalization(p=1, synchronized=True),
+            keras.layers.Dense(8, activation="tanh"),
+            tfnorms.LinfBatchNormalization(top_k=3, synchronized=True),
+            keras.layers.Dense(8),
+            tfnorms.LpBatchNormalization(p=2, synchronized=True),
+            keras.layers.Dense(8),
+            tfnorms.MeanOnlyBatchNormalization(synchronized=True),
+            keras.layers.Dense(1),
+        ]
+    )
+
+
+@tensorflow_only
+def test_mirrored_fit_matches_one_device(rng):
+    """Keras `fit` with synchronized batch norms under MirroredStrategy ends
+    where one device on the global batch ends: weights and moving statistics,
+    identical on both replicas."""
+    x = rng.normal(size=(32, 6)).astype("float32")
+    y = (np.sin(x[:, :1]) + x[:, 1:2] * x[:, 2:3]).astype("float32")
+    assert_mirrored_matches_single(sync_model, x, y, steps=3, atol=1e-4)
+
+
+# ------------------------------------------------- MultiWorkerMirroredStrategy
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@tensorflow_only
+def test_multiworker_two_processes_match_one_device(tmp_path):
+    import multiworker_worker as worker
+    import tensorflow as tf
+
+    model = worker.make_model()
+    initial = model.get_weights()
+    np.savez(tmp_path / "initial.npz", **{f"w{i}": w for i, w in enumerate(initial)})
+
+    # One device on the global batches, the same loss and optimizer.
+    optimizer = keras.optimizers.SGD(worker.LEARNING_RATE)
+    for x, y in worker.global_batches():
+        with tf.GradientTape() as tape:
+            loss = worker.step_loss(model, tf.constant(x), tf.constant(y))
+        grads = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply(grads, model.trainable_variables)
+    want = model.get_weights()
+
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    env.pop("TF_CONFIG", None)
+    script = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
+    ports = free_ports(2)
+    processes = [
+        subprocess.Popen(
+            [sys.executable, script, str(i), str(ports[0]), str(ports[1]), str(tmp_path)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    logs = []
+    try:
+        for process in processes:
+            out, _ = process.communicate(timeout=300)
+            logs.append(out)
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+    for process, log in zip(processes, logs, strict=True):
+        assert process.returncode == 0, log[-4000:]
+
+    results = [np.load(tmp_path / f"worker_{i}.npz") for i in range(2)]
+    assert int(results[0]["replicas"]) == 2
+    for i, expected in enumerate(want):
+        first, second = (r[f"w{i}"] for r in results)
+        path = model.weights[i].path
+        np.testing.assert_array_equal(first, second, err_msg=path)  # identical replicas
+        np.testing.assert_allclose(first, expected, rtol=1e-4, atol=1e-5, err_msg=path)
+    # The moving statistics did move (the check is not vacuous).
+    moving = [i for i, w in enumerate(model.weights) if "moving" in w.path]
+    assert any(not np.allclose(want[i], initial[i]) for i in moving)
+
+
+# -------------------------------------------------------------------- JAX
+_JAX_DATA_PARALLEL = textwrap.dedent(
+    """
+    import json, sys
+    import numpy as np
+    import jax
+    import keras
+    import tfnorms
+
+    assert jax.device_count() == 2, jax.devices()
+    rng = np.random.default_rng(0)
+    x = rng.normal(1.0, 2.0, size=(16, 6)).astype("float32")
+    y = rng.normal(size=(16, 1)).astype("float32")
+
+    def make():
+        model = keras.Sequential([
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            tfnorms.LpBatchNormalization(p=1, synchronized=True, momentum=0.5),
+            keras.layers.Dense(8),
+            tfnorms.LinfBatchNormalization(top_k=3, synchronized=True, momentum=0.5),
+            keras.layers.Dense(1),
+        ])
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+        return model
+
+    keras.utils.set_random_seed(1)
+    single = make()
+    initial = single.get_weights()
+    single.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    sharded = make()
+    sharded.set_weights(initial)
+    sharded.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+    distribution = keras.distribution.distribution()
+    batch = keras.distribution.distribute_tensor(x, distribution.get_data_layout(x.shape))
+    diffs = [float(np.max(np.abs(a - b))) for a, b in
+             zip(single.get_weights(), sharded.get_weights())]
+    print(json.dumps({"diffs": diffs, "data": str(batch.sharding.spec),
+                      "shards": len(batch.addressable_shards)}))
+    """
+)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's data parallelism")
+def test_jax_data_parallel_step_uses_global_batch_statistics():
+    """On JAX, synchronized=True needs no collective of ours: a jitted step
+    over a batch sharded across two (host) devices with
+    `keras.distribution.DataParallel` reduces over the global batch, so the
+    model trains exactly as on one device."""
+    env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    result = subprocess.run(
+        [sys.executable, "-c", _JAX_DATA_PARALLEL],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["shards"] == 2 and "batch" in report["data"], report  # really sharded
+    assert max(report["diffs"]) < 1e-5, report
