@@ -17,6 +17,10 @@ TRAIN_SCRIPT = os.path.join(EXAMPLES, "cifar10", "train.py")
 if EXAMPLES not in sys.path:
     sys.path.insert(0, EXAMPLES)
 
+from cifar10 import data, train  # noqa: E402
+
+__all__ = ["TRAIN_SCRIPT", "data", "make_archive", "make_tampered_archive", "train"]
+
 
 def make_images(n, seed):
     """`n` learnable 32x32 RGB images: each class has its own mean colour and
@@ -35,8 +39,6 @@ def make_archive(path, n_train=320, n_test=64, seed=0):
     """A cifar-10-python.tar.gz with `n_train` + `n_test` images, written by
     the example's own writer (the official layout: pickled dicts in
     cifar-10-batches-py/), returning the arrays."""
-    from cifar10 import data
-
     x_train, y_train = make_images(n_train, seed)
     x_test, y_test = make_images(n_test, seed + 1)
     data.write_archive(str(path), x_train, y_train, x_test, y_test)
@@ -60,8 +62,6 @@ def make_tampered_archive(path, good_archive, command, member="data_batch_3"):
         for info in source.getmembers():
             payload = source.extractfile(info).read()
             if os.path.basename(info.name) == member:
-                payload = pickle.dumps(
-                    {b"data": _Exploit(command), b"labels": [0]}, protocol=2
-                )
+                payload = pickle.dumps({b"data": _Exploit(command), b"labels": [0]}, protocol=2)
                 info.size = len(payload)
             target.addfile(info, io.BytesIO(payload))

@@ -248,3 +248,55 @@ class BestModel(keras.callbacks.Callback):
                 os.path.join(self.out_dir, BEST_JSON),
                 json.dumps({"epoch": epoch + 1, self.monitor: value}) + "\n",
             )
+
+
+class SyncMovingStatistics(keras.callbacks.Callback):
+    """Average the batch norms' moving statistics over the replicas before
+    each evaluation and at the end of training (TensorFlow strategies).
+
+    Without `--sync-bn`, every replica normalizes with its own batch's
+    statistics (as the papers' multi-GPU runs did) and, in Keras 3, also
+    updates its own copy of `moving_mean` / `moving_variance`: the copies
+    drift apart, evaluation mixes them, and `model.save` keeps replica 0's.
+    One all-reduce per evaluation makes them one value again, so the saved
+    models predict exactly what the trained model does.
+    """
+
+    def __init__(self, strategy):
+        super().__init__()
+        self.strategy = strategy
+        self._function = None
+
+    def _variables(self):
+        return [
+            v
+            for v in self.model.non_trainable_variables
+            if "float" in str(v.dtype) and v.path.split("/")[-1].startswith("moving_")
+        ]
+
+    def sync(self):
+        if self.strategy is None or self.strategy.num_replicas_in_sync == 1:
+            return
+        import tensorflow as tf
+
+        if self._function is None:
+            variables = self._variables()
+            if not variables:
+                self._function = lambda: None
+            else:
+
+                def average():
+                    context = tf.distribute.get_replica_context()
+                    values = [tf.convert_to_tensor(v.value) for v in variables]
+                    means = context.all_reduce(tf.distribute.ReduceOp.MEAN, values)
+                    for variable, mean in zip(variables, means, strict=True):
+                        variable.assign(mean)
+
+                self._function = tf.function(lambda: self.strategy.run(average))
+        self._function()
+
+    def on_test_begin(self, logs=None):
+        self.sync()
+
+    def on_train_end(self, logs=None):
+        self.sync()

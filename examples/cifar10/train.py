@@ -602,6 +602,8 @@ def _train(config, model, dist, train, test, mean, std, steps_per_epoch, stream)
     global_batch = config["batch_size"]
     images_per_epoch = steps_per_epoch * global_batch
     callback_objects = [cbs.Throughput(images_per_epoch)]
+    if keras.backend.backend() == "tensorflow" and not config["sync_bn"]:
+        callback_objects.append(cbs.SyncMovingStatistics(dist.strategy))
     if config["slow_steps"]:
         callback_objects.append(cbs.SlowSteps(config["slow_steps"]))
     if dist.is_chief:
@@ -713,6 +715,7 @@ def _train(config, model, dist, train, test, mean, std, steps_per_epoch, stream)
         "final_test_loss": last.get("val_loss"),
         "best_test_error": None if not best else 1 - best["val_accuracy"],
         "best_epoch": best.get("epoch"),
+        "diverged": any(r.get("loss") is None or not math.isfinite(r["loss"]) for r in rows),
         "images_per_second": statistics.median(steady) if steady else None,
         "images_per_second_note": "median over the epochs that were not the first of their "
         "process (those include tracing and compilation; all epochs if there are no others); "
@@ -733,6 +736,12 @@ def _train(config, model, dist, train, test, mean, std, steps_per_epoch, stream)
             "SavedModel holds the unstripped model"
         )
     cbs.write_atomic(os.path.join(out, RESULTS_JSON), json.dumps(results, indent=2) + "\n")
+    if results["diverged"]:
+        print(
+            "warning: the training loss is not finite (diverged); try a lower --lr",
+            file=stream,
+            flush=True,
+        )
     error = results["final_test_error"]
     print(
         f"done: final test error {100 * error:.2f}%, {results['images_per_second'] or 0:.1f} "

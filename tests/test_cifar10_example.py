@@ -1,0 +1,363 @@
+"""The CIFAR-10 example (examples/cifar10, issue 5): the safe loader on a
+miniature archive in the real format, one epoch of each model family under
+MirroredStrategy on two logical CPUs, reloading what it saved, resuming after
+SIGKILL, two local MultiWorkerMirroredStrategy workers, and bad input.
+
+Training runs in this process where it can (reusing the suite's one
+MirroredStrategy); the kill/resume and multi-worker tests need their own
+processes (train.py --cpu-replicas 2 splits the CPU there).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+
+import keras
+import numpy as np
+import pytest
+from cifar10_helpers import TRAIN_SCRIPT, data, make_archive, make_tampered_archive, train
+
+TINY = ["--epochs", "1", "--batch-size", "32", "--verbose", "0"]
+FAMILIES = {
+    # Each family with another weight norm and batch norm, in the papers' pairings.
+    "resnet": ["--preset", "normmatters-resnet56-bwn", "--depth", "8", "--width", "0.25"],
+    "vgg-a": ["--preset", "vgg-a", "--width", "0.0625", "--weight-norm", "wn",
+              "--batch-norm", "topk", "--top-k", "4", "--lr", "0.05"],
+    "googlenet": ["--preset", "googlenet", "--width", "0.0625", "--weight-norm", "cwn",
+                  "--batch-norm", "l2"],
+}  # fmt: skip
+EXPECTED_OUTPUTS = {
+    "config.json",
+    "backup",
+    "log.csv",
+    "best.keras",
+    "best.json",
+    "final.keras",
+    "saved_model",
+    "results.json",
+}
+
+
+def _subprocess_env(**extra):
+    env = dict(os.environ, KERAS_BACKEND="tensorflow", TF_CPP_MIN_LOG_LEVEL="2")
+    env.update(extra)
+    return env
+
+
+def _expected_outputs():
+    return EXPECTED_OUTPUTS | ({"tensorboard"} if train.tensorboard_available() else set())
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cifar") / data.ARCHIVE_NAME
+    arrays = make_archive(path, n_train=320, n_test=64)
+    return path, arrays
+
+
+def _log_epochs(out):
+    with open(os.path.join(out, "log.csv"), newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+# ----------------------------------------------------------------- the loader
+def test_help_prints_every_preset_without_importing_tensorflow():
+    result = subprocess.run(
+        [sys.executable, TRAIN_SCRIPT, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    for name in ("resnet56", "normmatters-resnet56-bwn", "vgg-a", "googlenet",
+                 "normmatters-vgg-wd"):  # fmt: skip
+        assert f"  {name}" in result.stdout
+    assert "--lr-boundaries 80,120" in result.stdout
+    assert "--weight-decay-scope classifier" in result.stdout
+
+
+def test_loader_reads_the_archive_its_folder_and_its_parent(archive, tmp_path):
+    path, ((x_train, y_train), (x_test, y_test)) = archive
+    for source in (path, path.parent):
+        (xa, ya), (xt, yt) = data.load_cifar10(source)
+        np.testing.assert_array_equal(xa, x_train)
+        np.testing.assert_array_equal(ya, y_train)
+        np.testing.assert_array_equal(xt, x_test)
+        np.testing.assert_array_equal(yt, y_test)
+        assert xa.dtype == np.uint8 and xa.shape == (320, 32, 32, 3)
+    with tarfile.open(path) as handle:
+        handle.extractall(tmp_path, filter="data")
+    for folder in (tmp_path / data.INNER_FOLDER, tmp_path):
+        (xa, ya), (xt, _) = data.load_cifar10(folder)
+        np.testing.assert_array_equal(xa, x_train)
+        np.testing.assert_array_equal(xt, x_test)
+
+
+def test_pipeline_standardizes_augments_and_batches(archive):
+    _, ((x, y), _) = archive
+    mean, std = data.channel_stats(x)
+    batches = list(data.train_dataset(x, y, 64, mean, std, seed=0))
+    assert len(batches) == 320 // 64
+    images = np.concatenate([b[0].numpy() for b in batches])
+    assert images.shape == (320, 32, 32, 3) and images.dtype == np.float32
+    # Standardized: zero-padded crops pull the statistics slightly towards 0.
+    assert np.all(np.abs(images.mean(axis=(0, 1, 2))) < 0.2)
+    assert np.all(np.abs(images.std(axis=(0, 1, 2)) - 1) < 0.2)
+    evaluation = list(data.eval_dataset(x[:70], y[:70], 32, mean, std))
+    assert [len(b[1]) for b in evaluation] == [32, 32, 6]
+    np.testing.assert_allclose(
+        evaluation[0][0].numpy(), data.standardize_numpy(x[:32], mean, std), atol=1e-5
+    )
+
+
+def test_tampered_pickle_is_refused_and_runs_nothing(archive, tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    tampered = tmp_path / "tampered.tar.gz"
+    make_tampered_archive(tampered, archive[0], f"touch {marker}")
+    with pytest.raises(data.DataError, match=r"refusing to load '(posix|os|nt)\.system'"):
+        data.load_cifar10(tampered)
+    out = tmp_path / "out"
+    code = train.main(["--data-dir", str(tampered), "--out", str(out), *TINY])
+    assert code != 0
+    assert "untrusted or corrupt pickle" in capsys.readouterr().err
+    assert not marker.exists()
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------ bad input
+def _truncated(archive, tmp_path):
+    payload = archive[0].read_bytes()
+    path = tmp_path / "truncated.tar.gz"
+    path.write_bytes(payload[: len(payload) // 2])
+    return path
+
+
+def _garbage(archive, tmp_path):
+    path = tmp_path / "garbage.tar.gz"
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def _empty_folder(archive, tmp_path):
+    path = tmp_path / "empty"
+    path.mkdir()
+    return path
+
+
+@pytest.mark.parametrize(
+    "make_source, message",
+    [
+        (_truncated, "corrupt or truncated"),
+        (_garbage, "corrupt or truncated"),
+        (lambda archive, tmp_path: tmp_path / "missing", "no such file or folder"),
+        (_empty_folder, "not the CIFAR-10 python version"),
+    ],
+    ids=["truncated", "garbage", "missing", "wrong-folder"],
+)
+def test_bad_data_dir_fails_cleanly(archive, tmp_path, capsys, make_source, message):
+    out = tmp_path / "out"
+    code = train.main(["--data-dir", str(make_source(archive, tmp_path)), "--out", str(out), *TINY])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "resnet-1001"], "invalid choice: 'resnet-1001'"),
+        (["--weight-norm", "spectral"], "invalid choice: 'spectral'"),
+        (["--batch-norm", "group"], "invalid choice: 'group'"),
+        (["--depth", "21"], "depth 6n+2"),
+        (["--preset", "imagenet"], "invalid choice: 'imagenet'"),
+    ],
+    ids=["model", "weight-norm", "batch-norm", "depth", "preset"],
+)
+def test_bad_names_fail_cleanly(archive, tmp_path, capsys, flags, message):
+    out = tmp_path / "out"
+    code = train.main(["--data-dir", str(archive[0]), "--out", str(out), *TINY, *flags])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.tensorflow_only
+def test_batch_not_divisible_by_replicas_fails_before_writing(archive, tmp_path, capsys):
+    from layer_checks import mirrored_strategy
+
+    out = tmp_path / "out"
+    args = ["--data-dir", str(archive[0]), "--out", str(out), *TINY, *FAMILIES["resnet"]]
+    code = train.main([*args, "--batch-size", "33"], strategy=mirrored_strategy())
+    assert code == 2
+    assert "does not split evenly across 2 replicas" in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.tensorflow_only
+def test_out_holding_another_run_is_refused_untouched(archive, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    config = out / "config.json"
+    config.write_text(json.dumps({"model": "vgg-a"}))
+    code = train.main(["--data-dir", str(archive[0]), "--out", str(out), *TINY])
+    assert code == 2
+    assert "holds a run with other settings" in capsys.readouterr().err
+    assert sorted(os.listdir(out)) == ["config.json"]
+    assert json.loads(config.read_text()) == {"model": "vgg-a"}
+
+
+# ------------------------------------------------------------------- training
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_one_epoch_mirrored_then_saved_models_reload(archive, tmp_path, family):
+    import tensorflow as tf
+    from layer_checks import mirrored_strategy
+
+    import tfnorms  # noqa: F401  (registers the classes before load_model)
+
+    out = tmp_path / family
+    config = train.resolve(
+        train.build_parser().parse_args(
+            ["--data-dir", str(archive[0]), "--out", str(out), *TINY, *FAMILIES[family]]
+        )
+    )
+    result = train.run(config, strategy=mirrored_strategy())
+    results = json.loads((out / "results.json").read_text())
+    assert set(os.listdir(out)) == _expected_outputs()
+    assert results["distribution"] == {
+        "kind": "MirroredStrategy",
+        "replicas": 2,
+        "devices": results["distribution"]["devices"],
+    }
+    assert results["config"]["model"] == family
+    assert [row["epoch"] for row in results["epochs"]] == [1]
+    assert _log_epochs(out) == [1]
+    assert 0 <= results["final_test_error"] <= 1
+    assert np.isfinite(results["epochs"][0]["loss"]) and not results["diverged"]
+    assert results["images_per_second"] > 0
+    assert results["train_images"] == 320 and results["test_images"] == 64
+
+    if family == "googlenet":
+        return  # the reload path is the same; GoogLeNet's many layers make it slow
+    model = result["model"]
+    _, (x_test, _) = archive[1]
+    images = data.standardize_numpy(
+        x_test[:16], np.array(results["channel_mean"]), np.array(results["channel_std"])
+    )
+    expected = model.predict(images, verbose=0)
+    reloaded = keras.saving.load_model(out / "final.keras")
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
+    served = tf.saved_model.load(str(out / "saved_model"))
+    np.testing.assert_allclose(served.serve(tf.constant(images)).numpy(), expected, atol=1e-4)
+    assert keras.saving.load_model(out / "best.keras").count_params() == model.count_params()
+
+
+@pytest.mark.tensorflow_only
+def test_sigkill_during_epoch_two_resumes_from_the_backup(archive, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, TRAIN_SCRIPT, "--data-dir", str(archive[0]), "--out", str(out),
+        *FAMILIES["resnet"], "--epochs", "3", "--batch-size", "32", "--verbose", "0",
+        "--strategy", "mirrored", "--cpu-replicas", "2", "--slow-steps", "0.2",
+    ]  # fmt: skip
+    metadata = out / "backup" / "training_metadata.json"
+    process = subprocess.Popen(command, env=_subprocess_env(), stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and process.poll() is None:
+            if metadata.exists() and json.loads(metadata.read_text() or "{}").get("epoch") == 1:
+                break
+            time.sleep(0.05)
+        time.sleep(0.5)  # into epoch 2 (10 steps of at least 0.2 s)
+        assert process.poll() is None, process.stdout.read()
+        process.send_signal(signal.SIGKILL)
+        first = process.communicate(timeout=60)[0]
+    finally:
+        if process.poll() is None:
+            process.kill()
+    assert process.returncode == -signal.SIGKILL
+    assert "epoch 1/3:" in first and "epoch 2/3:" not in first
+    assert _log_epochs(out) == [1]
+    assert not (out / "results.json").exists()
+
+    second = subprocess.run(command, env=_subprocess_env(), capture_output=True, text=True,
+                            timeout=300)  # fmt: skip
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resuming from the backup after epoch 1/3" in second.stdout
+    assert "epoch 1/3:" not in second.stdout
+    assert "epoch 2/3:" in second.stdout and "epoch 3/3:" in second.stdout
+    assert _log_epochs(out) == [1, 2, 3]
+    results = json.loads((out / "results.json").read_text())
+    assert [row["epoch"] for row in results["epochs"]] == [1, 2, 3]
+    assert set(os.listdir(out)) == _expected_outputs()
+
+
+def _free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.tensorflow_only
+def test_two_local_workers_train_one_epoch_and_the_chief_writes_once(archive, tmp_path):
+    out = tmp_path / "out"
+    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    command = [
+        sys.executable, TRAIN_SCRIPT, "--data-dir", str(archive[0]), "--out", str(out),
+        *FAMILIES["resnet"], *TINY, "--strategy", "multiworker", "--sync-bn",
+        "--weight-norm", "cwn", "--batch-norm", "l1",
+    ]  # fmt: skip
+    processes = []
+    for index in range(2):
+        tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+        processes.append(
+            subprocess.Popen(command, env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        )  # fmt: skip
+    try:
+        outputs = [p.communicate(timeout=300)[0] for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+    for p, text in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, text[-4000:]
+    assert "done: final test error" in outputs[0]
+    assert "done:" not in outputs[1] and "epoch 1/1:" not in outputs[1]
+    assert set(os.listdir(out)) == _expected_outputs()
+    results = json.loads((out / "results.json").read_text())
+    assert results["distribution"]["kind"] == "MultiWorkerMirroredStrategy"
+    assert results["distribution"]["replicas"] == 2
+    assert results["config"]["sync_bn"] and results["config"]["batch_norm"] == "l1"
+    assert results["config"]["weight_norm"] == "cwn"
+    assert _log_epochs(out) == [1]
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's path")
+def test_jax_backend_data_parallel_over_two_host_devices(archive, tmp_path):
+    out = tmp_path / "out"
+    command = [
+        sys.executable, TRAIN_SCRIPT, "--data-dir", str(archive[0]), "--out", str(out),
+        *FAMILIES["resnet"], *TINY, "--cpu-replicas", "2",
+    ]  # fmt: skip
+    result = subprocess.run(command, env=_subprocess_env(KERAS_BACKEND="jax"),
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["backend"] == "jax"
+    assert results["distribution"]["kind"] == "jax-data-parallel"
+    assert results["distribution"]["replicas"] == 2
+    assert _log_epochs(out) == [1]
+    shutil.rmtree(out)
