@@ -2,14 +2,15 @@
 
     python tests/multiworker_worker.py INDEX PORT0 PORT1 DIRECTORY
 
-Both workers train the model of `make_model` (synchronized Lp, top-k and
-mean-only batch norms behind a Masking layer) with the initial weights in
-DIRECTORY/initial.npz, for `STEPS` steps of the global batches of
-`global_batches()`, worker i's replica taking rows [i*8, i*8+8) of each. Keras's
+Both workers train the two models of `make_model` (synchronized Lp, top-k,
+max and mean-only batch norms, with and without a Masking layer in front)
+with the initial weights in DIRECTORY/initial_{masked,unmasked}.npz, for
+`STEPS` steps of the global batches of `global_batches()`, worker i's
+replica taking rows [i*8, i*8+8) of each. Keras's
 `fit` fails under this strategy (keras-team/keras#20585, SPEC section 8), so
 the step is a custom one: `strategy.run` with `tf.GradientTape` and
 `optimizer.apply`. Each worker saves its final weights to
-DIRECTORY/worker_INDEX.npz. The test (tests/test_distribute.py) trains the
+DIRECTORY/worker_INDEX_{masked,unmasked}.npz. The test (tests/test_distribute.py) trains the
 same model on one device on the global batches and compares.
 
 Importing this module (the test does, for `make_model` and the data) touches
@@ -41,17 +42,21 @@ def global_batches(seed=7):
     return batches
 
 
-def make_model():
+def make_model(masked=True):
+    """Synchronized p=1, top-k, max, p=2 and mean-only batch norms; with
+    `masked`, behind a Masking layer so that padded steps leave the statistics."""
     import keras
 
     import tfnorms
 
     inputs = keras.Input((TIMESTEPS, FEATURES))
-    h = keras.layers.Masking(0.0)(inputs)
+    h = keras.layers.Masking(0.0)(inputs) if masked else inputs
     h = keras.layers.Dense(6)(h)
     h = tfnorms.LpBatchNormalization(p=1, synchronized=True, momentum=0.5)(h)
     h = keras.layers.Dense(6, activation="tanh")(h)
     h = tfnorms.LinfBatchNormalization(top_k=3, synchronized=True, momentum=0.5)(h)
+    h = keras.layers.Dense(6)(h)
+    h = tfnorms.LinfBatchNormalization(synchronized=True, momentum=0.5)(h)
     h = keras.layers.Dense(6)(h)
     h = tfnorms.LpBatchNormalization(p=2, synchronized=True, momentum=0.5)(h)
     h = keras.layers.Dense(6)(h)
@@ -80,11 +85,18 @@ def main(index, port0, port1, directory):
 
     # The strategy first: it must start before TensorFlow initializes devices.
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    import keras
+    for masked in (True, False):
+        train(strategy, masked, index, directory)
 
-    initial = np.load(os.path.join(directory, "initial.npz"))
+
+def train(strategy, masked, index, directory):
+    import keras
+    import tensorflow as tf
+
+    name = "masked" if masked else "unmasked"
+    initial = np.load(os.path.join(directory, f"initial_{name}.npz"))
     with strategy.scope():
-        model = make_model()
+        model = make_model(masked)
         model.set_weights([initial[f"w{i}"] for i in range(len(initial.files))])
         optimizer = keras.optimizers.SGD(LEARNING_RATE)
         optimizer.build(model.trainable_variables)
@@ -100,29 +112,23 @@ def main(index, port0, port1, directory):
 
         return strategy.run(replica_step, args=(x, y))
 
-    per_replica = GLOBAL_BATCH // strategy.num_replicas_in_sync
-    for x, y in global_batches():
+    rows = GLOBAL_BATCH // strategy.num_replicas_in_sync
 
-        def part(array):
-            return strategy.experimental_distribute_values_from_function(
-                lambda ctx, array=array: tf.constant(
-                    array[
-                        ctx.replica_id_in_sync_group * per_replica : (
-                            ctx.replica_id_in_sync_group + 1
-                        )
-                        * per_replica
-                    ]
-                )
+    def part(array):
+        return strategy.experimental_distribute_values_from_function(
+            lambda ctx: tf.constant(
+                array[
+                    ctx.replica_id_in_sync_group * rows : (ctx.replica_id_in_sync_group + 1) * rows
+                ]
             )
+        )
 
+    for x, y in global_batches():
         train_step(part(x), part(y))
 
     weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
-    np.savez(
-        os.path.join(directory, f"worker_{index}.npz"),
-        replicas=strategy.num_replicas_in_sync,
-        **weights,
-    )
+    path = os.path.join(directory, f"worker_{index}_{name}.npz")
+    np.savez(path, replicas=strategy.num_replicas_in_sync, **weights)
 
 
 if __name__ == "__main__":
