@@ -146,9 +146,15 @@ class LpBatchNormalization(BatchStatisticsLayer):
         epsilon: added to `sigma_p**2` before the square root, > 0.
         center: add the learned offset `beta`.
         scale: multiply by the learned scale `gamma`.
-        beta_initializer, gamma_initializer, moving_mean_initializer,
-        moving_variance_initializer, beta_regularizer, gamma_regularizer,
-        beta_constraint, gamma_constraint: as in Keras's `BatchNormalization`.
+        beta_initializer: initializer of `beta` (default zeros).
+        gamma_initializer: initializer of `gamma` (default ones).
+        moving_mean_initializer: initializer of `moving_mean` (default zeros).
+        moving_variance_initializer: initializer of `moving_variance`, which
+            holds `sigma_p**2` (default ones).
+        beta_regularizer: regularizer of `beta`, as in Keras layers.
+        gamma_regularizer: regularizer of `gamma`.
+        beta_constraint: constraint on `beta`.
+        gamma_constraint: constraint on `gamma`.
         synchronized: compute the statistics over all replicas' elements
             under a `tf.distribute` strategy (MirroredStrategy,
             MultiWorkerMirroredStrategy), masks included (where Keras falls back

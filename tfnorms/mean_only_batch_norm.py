@@ -32,8 +32,10 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
         momentum: share of the old moving mean kept at each training step,
             in [0, 1).
         center: add the learned offset `beta`.
-        beta_initializer, moving_mean_initializer, beta_regularizer,
-        beta_constraint: as in Keras's `BatchNormalization`.
+        beta_initializer: initializer of `beta` (default zeros).
+        moving_mean_initializer: initializer of `moving_mean` (default zeros).
+        beta_regularizer: regularizer of `beta`, as in Keras layers.
+        beta_constraint: constraint on `beta`.
         synchronized: the mean over all replicas' elements under a
             `tf.distribute` strategy, masks included (one collective per
             training call). On JAX, see `LpBatchNormalization`.
