@@ -212,6 +212,52 @@ def test_out_holding_another_run_is_refused_untouched(archive, tmp_path, capsys)
     assert json.loads(config.read_text()) == {"model": "vgg-a"}
 
 
+# ------------------------------------------------------------- resume pieces
+def _fake_backup(out, epoch, previous=None):
+    backup = out / "backup"
+    backup.mkdir(parents=True, exist_ok=True)
+    (backup / "latest.weights.h5").write_bytes(b"weights of epoch %d" % epoch)
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": epoch, "batch": 0}))
+    if previous is not None:
+        (backup / "latest.weights.h5.bkp").write_bytes(b"weights of epoch %d" % previous)
+        (backup / "training_metadata.json.bkp").write_text(
+            json.dumps({"epoch": previous, "batch": 0})
+        )
+    return backup
+
+
+def test_log_is_cut_back_to_the_epochs_the_backup_holds(tmp_path, capsys):
+    from cifar10 import callbacks
+
+    _fake_backup(tmp_path, 2)
+    log = callbacks.EpochLog(str(tmp_path), epochs=5)
+    log.rows = [{"epoch": e, "loss": 1.0 / e, "val_accuracy": 0.1 * e} for e in (1, 2, 3)]
+    log._write()  # epoch 3 was logged, then the run was killed before its backup
+    callbacks.EpochLog(str(tmp_path), epochs=5).on_train_begin()
+    assert _log_epochs(tmp_path) == [1, 2]
+    assert "resuming from the backup after epoch 2/5" in capsys.readouterr().out
+    best = callbacks.BestModel(str(tmp_path))
+    best.on_train_begin()
+    assert best.best == pytest.approx(0.2)  # from the epochs kept, not the lost epoch 3
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_unreadable_backup_metadata_falls_back_to_the_previous_generation(tmp_path):
+    from cifar10 import callbacks
+
+    backup = _fake_backup(tmp_path, 3, previous=2)
+    (backup / "training_metadata.json").write_text('{"epoch": 3, "ba')  # killed mid-write
+    callbacks.ResumableBackup(str(tmp_path)).repair()
+    assert callbacks.backed_up_epochs(str(tmp_path)) == 2
+    assert (backup / "latest.weights.h5").read_bytes() == b"weights of epoch 2"
+
+    backup = _fake_backup(tmp_path / "first", 1)
+    (backup / "training_metadata.json").write_text("{")
+    callbacks.ResumableBackup(str(tmp_path / "first")).repair()
+    assert callbacks.backed_up_epochs(str(tmp_path / "first")) == 0
+    assert not (backup / "latest.weights.h5").exists()
+
+
 # ------------------------------------------------------------------- training
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("family", list(FAMILIES))

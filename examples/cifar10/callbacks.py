@@ -15,6 +15,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import time
 
@@ -39,8 +40,14 @@ COLUMNS = (
 
 
 # ------------------------------------------------------------- file helpers
+def temporary_path(path):
+    """A hidden name beside `path` (`.tmp-NAME`), removed at the next start."""
+    directory, name = os.path.split(path)
+    return os.path.join(directory, f".tmp-{name}")
+
+
 def write_atomic(path, text):
-    tmp = f"{path}.tmp"
+    tmp = temporary_path(path)
     with open(tmp, "w", encoding="utf-8") as handle:
         handle.write(text)
         handle.flush()
@@ -50,10 +57,18 @@ def write_atomic(path, text):
 
 def save_model_atomic(model, path):
     """`model.save(path)` through a temporary `.keras` file beside it."""
-    directory, name = os.path.split(path)
-    tmp = os.path.join(directory, f".tmp-{name}")
+    tmp = temporary_path(path)
     model.save(tmp)
     os.replace(tmp, path)
+
+
+def _readable_json(path):
+    try:
+        with open(path, encoding="utf-8") as handle:
+            json.load(handle)
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def backed_up_epochs(out_dir):
@@ -108,6 +123,22 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             os.path.join(out_dir, BACKUP_DIR), double_checkpoint=True, delete_checkpoint=False
         )
         self.is_chief = is_chief
+
+    def repair(self):
+        """A kill while Keras wrote `training_metadata.json` (not atomic)
+        leaves it unreadable: go back to the previous generation. Call it
+        before training, before anything reads the backup."""
+        metadata = self._training_metadata_path
+        if not os.path.exists(metadata) or _readable_json(metadata):
+            return
+        previous = self._prev_training_metadata_path
+        if os.path.exists(previous) and _readable_json(previous):
+            shutil.copyfile(self._prev_weights_path, self._weights_path)
+            shutil.copyfile(previous, metadata)
+        else:  # nothing consistent to go back to: start again
+            for path in (metadata, self._weights_path):
+                if os.path.exists(path):
+                    os.remove(path)
 
     def on_epoch_end(self, epoch, logs=None):
         if self.is_chief:
@@ -218,8 +249,9 @@ def summary_line(row, epochs):
 
 
 class BestModel(keras.callbacks.Callback):
-    """`best.keras`: the model with the highest test accuracy so far (kept in
-    `best.json` across restarts)."""
+    """`best.keras`: the model with the highest test accuracy so far, and
+    `best.json` (its epoch and accuracy); across restarts the best so far is
+    taken from the epochs that the backup holds."""
 
     def __init__(self, out_dir, monitor="val_accuracy"):
         super().__init__()
@@ -228,12 +260,18 @@ class BestModel(keras.callbacks.Callback):
         self.best = None
 
     def on_train_begin(self, logs=None):
+        done = backed_up_epochs(self.out_dir)
+        kept = [r[self.monitor] for r in read_log(self.out_dir) if r["epoch"] <= done]
+        kept = [v for v in kept if v is not None and math.isfinite(v)]
+        self.best = max(kept) if kept else None
         try:
             with open(os.path.join(self.out_dir, BEST_JSON), encoding="utf-8") as handle:
-                record = json.load(handle)
-            if record.get("epoch", math.inf) <= backed_up_epochs(self.out_dir):
-                self.best = record[self.monitor]
-        except (OSError, ValueError, KeyError):
+                saved_epoch = json.load(handle)["epoch"]
+        except (OSError, ValueError, KeyError, TypeError):
+            saved_epoch = None
+        if saved_epoch is not None and saved_epoch > done:
+            # Saved by an epoch that the backup does not hold (killed before
+            # the backup): replace it with the next epoch's model.
             self.best = None
 
     def on_epoch_end(self, epoch, logs=None):

@@ -254,6 +254,7 @@ def train_dataset(
     pad=4,
     input_context=None,
     drop_remainder=True,
+    repeat=False,
 ):
     """Shuffled, augmented (random flip; `pad`-pixel zero padding and a random
     32x32 crop; both after standardization, so the padding is the mean),
@@ -262,6 +263,8 @@ def train_dataset(
     `batch_size` is the global batch. With `input_context` (from
     `strategy.distribute_datasets_from_function`) this pipeline's shard and
     per-replica batch are used; otherwise the strategy splits the global batch.
+    `repeat=True` makes it endless (the multi-worker loop counts its steps, so
+    that every worker runs the same number whatever its shard's size).
     """
     import tensorflow as tf
 
@@ -272,6 +275,8 @@ def train_dataset(
         ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
         batch_size = input_context.get_per_replica_batch_size(batch_size)
     ds = ds.shuffle(len(x), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        ds = ds.repeat()
 
     def augment(image, label):
         image = _standardize(tf, image, mean, std)

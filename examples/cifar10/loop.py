@@ -72,6 +72,7 @@ def train(
     with strategy.scope():
         callback_list.on_train_begin()
     start = cbs.backed_up_epochs(out_dir)
+    iterator = iter(dataset)  # endless: every worker takes steps_per_epoch per epoch
     for epoch in range(start, epochs):
         callback_list.on_epoch_begin(epoch)
         progress = (
@@ -79,7 +80,6 @@ def train(
             if is_chief and verbose == 1
             else None
         )
-        iterator = iter(dataset)
         loss_sum = correct_sum = 0.0
         for step in range(steps_per_epoch):
             loss, correct = train_step(iterator)

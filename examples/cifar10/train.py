@@ -423,7 +423,7 @@ def prepare_out(config):
         raise ConfigError(f"--out {out} is not empty and holds no {CONFIG_JSON}; use another --out")
     os.makedirs(out, exist_ok=True)
     for name in os.listdir(out):  # leftovers of a run killed while writing
-        if name.startswith(".tmp-") or name.endswith(".tmp"):
+        if name.startswith(".tmp-"):
             target = os.path.join(out, name)
             shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
     from cifar10.callbacks import write_atomic
@@ -502,7 +502,9 @@ def export_stripped(model, path):
 
     strip = getattr(tfnorms, "strip", None)
     export_model = strip(model) if strip is not None else model
-    tmp = path + ".tmp"
+    from cifar10.callbacks import temporary_path
+
+    tmp = temporary_path(path)
     shutil.rmtree(tmp, ignore_errors=True)
     export_model.export(tmp, format="tf_saved_model", verbose=False)
     shutil.rmtree(path, ignore_errors=True)
@@ -623,7 +625,10 @@ def _train(config, model, dist, train, test, mean, std, steps_per_epoch, stream)
             )
     # Last, so that every other file of an epoch is written before the backup
     # says the epoch is done (a kill in between re-runs the epoch).
-    callback_objects.append(cbs.ResumableBackup(out, is_chief=dist.is_chief))
+    backup = cbs.ResumableBackup(out, is_chief=dist.is_chief)
+    if dist.is_chief:
+        backup.repair()
+    callback_objects.append(backup)
     print(
         f"{model.name}: {model.count_params():,} parameters; {config['weight_norm']} weight "
         f"norm, {config['batch_norm']} batch norm; {dist.kind} with {dist.replicas} "
@@ -646,6 +651,7 @@ def _train(config, model, dist, train, test, mean, std, steps_per_epoch, stream)
                 flip=config["flip"],
                 pad=config["pad"],
                 input_context=input_context,
+                repeat=True,
             )
 
         callback_list = keras.callbacks.CallbackList(callback_objects, model=model)
