@@ -264,6 +264,9 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
         mask = ops.cast(mask, "bool")
         count = ops.sum(ops.cast(mask, dtype))
 
+    if math.isinf(p) and (top_k is None or top_k == 1):
+        return _max_statistics(x, axis, mask, cross_replica, count, total)
+
     # Pass 1: the mean (global when synchronized: one collective with the count).
     local_count = count
     mean = masked_mean(x, axis, mask, local_count, total)
@@ -281,27 +284,18 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
         centered_mean = ops.stop_gradient(centered_mean)
     deviation = x - centered_mean
 
-    if math.isinf(p):
+    if math.isinf(p):  # the top-k mean (the maximum is _max_statistics)
         magnitude = ops.abs(deviation)
         if mask is not None:
             magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
-        if top_k is None or top_k == 1:
-            axes = _reduction_axes(len(x.shape), axis)
-            local = ops.cast(ops.max(magnitude, axis=axes), dtype)
-            if cross_replica is not None:
-                _, (gathered,) = cross_replica([], [local])
-                local = ops.max(gathered, axis=0)
-            scale = ops.maximum(local, 0.0)  # all masked: the sentinel -> 0
-        else:
-            top = ops.cast(
-                top_k_values(magnitude, top_k, axis, pad_to_k=cross_replica is not None), dtype
-            )
-            if cross_replica is not None:
-                _, (gathered,) = cross_replica([], [top])  # (replicas, channels, k)
-                merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (channels, -1))
-                top, _ = ops.top_k(merged, top_k, sorted=False)
-            scale = valid_mean(top)
-        scale = linf_constant(count) * scale
+        top = ops.cast(
+            top_k_values(magnitude, top_k, axis, pad_to_k=cross_replica is not None), dtype
+        )
+        if cross_replica is not None:
+            _, (gathered,) = cross_replica([], [top])  # (replicas, channels, k)
+            merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (channels, -1))
+            top, _ = ops.top_k(merged, top_k, sorted=False)
+        scale = linf_constant(count) * valid_mean(top)
         return mean, ops.square(scale)
 
     if p == 2.0:
@@ -315,6 +309,50 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
         (moment,), _ = cross_replica([moment * local_count], [])
         moment = moment / ops.maximum(count, 1.0)
     return mean, lp_variance(moment, p)
+
+
+# The largest finite value of each float dtype: masked positions are filled
+# with -/+ these (not infinities, which the slot-wise cross-replica gather
+# would turn into 0 * inf = NaN).
+_FLOAT_MAX = {
+    "float16": 65504.0,
+    "bfloat16": 3.3895313892515355e38,
+    "float32": 3.4028234663852886e38,
+    "float64": 1.7976931348623157e308,
+}
+
+
+def _max_statistics(x, axis, mask, cross_replica, count, total):
+    """Mean and `(C_inf(n) * max|x - mu|)**2` in one pass and one collective.
+
+    `max|x - mu| = max(max(x) - mu, mu - min(x))`: the maximum and minimum of
+    x need no deviations, so they are reduced alongside the mean (no
+    `x - mu` or `|.|` tensors) and, when synchronized, gathered in the same
+    collective as the sums.
+    """
+    dtype = statistics_dtype(x.dtype)
+    axes = _reduction_axes(len(x.shape), axis)
+    local_count = count
+    mean = masked_mean(x, axis, mask, local_count, total)
+    if mask is None:
+        high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
+    else:
+        limit = _FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
+        high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
+        low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
+    high, low = ops.cast(high, dtype), ops.cast(low, dtype)
+    if cross_replica is not None:
+        local_count = ops.convert_to_tensor(local_count, dtype=dtype)
+        (sums, count), (highs, lows) = cross_replica(
+            [mean * local_count, ops.reshape(local_count, (1,))], [high, low]
+        )
+        count = count[0]
+        mean = sums / ops.maximum(count, 1.0)
+        high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
+    scale = ops.maximum(ops.maximum(high - mean, mean - low), 0.0)
+    if mask is not None:  # nothing valid: the fill values, not a scale
+        scale = ops.where(count > 0, scale, ops.zeros_like(scale))
+    return mean, ops.square(linf_constant(count) * scale)
 
 
 def lp_variance(moment, p):
