@@ -11,7 +11,10 @@ curves.
 
 Initialization follows the papers: the CWN and WN scales start at 1 (the CWN
 authors' code has no data-dependent initialization), BWN's fixed norm is the
-mean initial per-unit norm (the Norm-matters paper's "simple choice").
+mean initial per-unit norm (the Norm-matters paper's "simple choice"). The
+batch-norm rows (Keras's L2, L1, L-inf, top-k and mean-only with bounded
+weight norm, from Norm matters) put the norm between each Dense and its ReLU
+(gamma 1, beta 0; momentum 0.9, since a run is only ~180 steps).
 
 Run: python examples/digits_compare.py [--epochs 15 --seeds 3 ...]
 """
@@ -40,6 +43,21 @@ def wrap_with(wrapper, **kwargs):
     return lambda layer: [wrapper(layer, **kwargs)]
 
 
+def followed_by(make_norm, wrapper=None):
+    """The Dense (without its bias: the norm's beta replaces it), optionally
+    wrapped, then a normalization layer."""
+
+    def expand(layer):
+        layer = keras.layers.Dense(layer.units, use_bias=False)
+        return [wrapper(layer) if wrapper else layer, make_norm()]
+
+    return expand
+
+
+# A run is only ~180 steps: with Keras's default momentum of 0.99 the moving
+# statistics used at test time would still hold 16% of their initial values.
+BN_MOMENTUM = 0.9
+
 # Each method turns one hidden Dense layer (without activation) into the
 # layers that replace it; a ReLU follows in every case.
 METHODS = {
@@ -53,6 +71,29 @@ METHODS = {
         wrap_with(tfnorms.CenteredWeightNorm, scale_initializer="ones"),
     ),
     "bwn": ("BoundedWeightNorm, rho = initial norm", wrap_with(tfnorms.BoundedWeightNorm)),
+    "bn": (
+        "Keras BatchNormalization (L2)",
+        followed_by(lambda: keras.layers.BatchNormalization(momentum=BN_MOMENTUM)),
+    ),
+    "l1bn": (
+        "L1BatchNormalization",
+        followed_by(lambda: tfnorms.L1BatchNormalization(momentum=BN_MOMENTUM)),
+    ),
+    "linfbn": (
+        "LinfBatchNormalization (max)",
+        followed_by(lambda: tfnorms.LinfBatchNormalization(momentum=BN_MOMENTUM)),
+    ),
+    "topkbn": (
+        "LpBatchNormalization p=inf, top_k=10",
+        followed_by(lambda: tfnorms.LpBatchNormalization(p="inf", top_k=10, momentum=BN_MOMENTUM)),
+    ),
+    "meanbn_bwn": (
+        "BoundedWeightNorm + MeanOnlyBatchNormalization (Norm matters' pairing)",
+        followed_by(
+            lambda: tfnorms.MeanOnlyBatchNormalization(momentum=BN_MOMENTUM),
+            tfnorms.BoundedWeightNorm,
+        ),
+    ),
 }
 
 DEFAULT_METHODS = list(METHODS)
