@@ -110,6 +110,23 @@ def _rescale_to_unit_statistics(wrapper, kernel_name, pre_activation):
         bias.assign(new_bias.reshape(bias.shape).astype(bias.dtype))
 
 
+def _is_concrete(tensor):
+    """Whether `tensor` holds values (not a symbolic or traced placeholder,
+    as when Keras builds a subclassed model by running `call` symbolically)."""
+    if keras.backend.is_keras_tensor(tensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(tensor, jax.core.Tracer)
+    return True
+
+
 def _install_call_hook(host, hook):
     # An instance attribute shadows the class's `call`; bypasses Keras's
     # attribute tracking, which has nothing to track here.
@@ -156,6 +173,9 @@ def data_init(model, batch):
       once.
     - `training=False`: dropout is off and batch normalization layers use
       their moving statistics during the pass.
+    - Under float16 compute, the means come out zero only up to the
+      float16 rounding of the new bias (about 1e-3 times its size), and a
+      following run sees the float16 rounding of every layer.
 
     Args:
         model: a Keras model (Sequential, functional or subclassed).
@@ -174,7 +194,11 @@ def data_init(model, batch):
     done = []
 
     def make_hook(host, wrapper, kernel_name):
+        original = type(host).call.__get__(host)
+
         def hook(*args, **kwargs):
+            if not _is_concrete(keras.tree.flatten(args[0])[0]):
+                return original(*args, **kwargs)  # a symbolic build pass: wait
             _remove_call_hook(host)  # later calls run normally
             with _linear_activation(wrapper.layer):
                 pre_activation = host.call(*args, **kwargs)
@@ -244,7 +268,9 @@ def _copy_by_name(old, new):
     for variable in new.weights:
         source = by_name.get(variable.name)
         if source is not None and tuple(source.shape) == tuple(variable.shape):
-            variable.assign(source.value)
+            # A NumPy copy: sharing the backend array would let JAX's
+            # buffer donation in one model delete the other's weights.
+            variable.assign(keras.ops.convert_to_numpy(source.value))
 
 
 def _copy_weights(old, new):

@@ -1,0 +1,533 @@
+"""Model-level tools (SPEC sections 2 and 6): data_init, strip and
+convert_model, on Sequential, functional, nested and subclassed models, under
+MirroredStrategy and mixed precision; convert_model on a small ResNet and on
+keras.applications.MobileNetV2."""
+
+import json
+import warnings
+
+import keras
+import numpy as np
+import pytest
+from layer_checks import (
+    _replica_values,
+    assert_export_roundtrip,
+    assert_keras_roundtrip_fresh_process,
+    mirrored_strategy,
+    to_numpy,
+)
+
+import tfnorms
+from tfnorms.weight_norm import KernelNormWrapper
+
+L = keras.layers
+WN, CWN, BWN = tfnorms.WeightNormalization, tfnorms.CenteredWeightNorm, tfnorms.BoundedWeightNorm
+
+
+def all_layers(layer):
+    """Every layer under `layer`, through models, wrappers and Bidirectional."""
+    yield layer
+    if isinstance(layer, L.Bidirectional):
+        children = [layer.forward_layer, layer.backward_layer]
+    elif isinstance(layer, L.Wrapper):
+        children = [layer.layer]
+    elif isinstance(layer, keras.Model):
+        children = layer.layers
+    else:
+        children = []
+    for child in children:
+        yield from all_layers(child)
+
+
+def wrappers_of(model):
+    return [layer for layer in all_layers(model) if isinstance(layer, KernelNormWrapper)]
+
+
+# --------------------------------------------------------------- data_init
+def make_data_init_model():
+    """A chain of top-level stages (so the test can recompute each stage's
+    input itself): every feed-forward kind, a layer without bias, layers
+    data_init must leave alone, TimeDistributed and a nested model."""
+    return keras.Sequential(
+        [
+            keras.Input((8, 8, 3)),
+            WN(L.Conv2D(6, 3, activation="relu"), name="conv"),
+            CWN(
+                L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"),
+                name="dw",
+            ),
+            WN(L.SeparableConv2D(5, 1, activation="relu"), name="sep"),
+            CWN(L.Conv2DTranspose(4, 3, activation="relu"), name="convt"),
+            WN(L.Conv2D(4, 1, use_bias=False), name="nobias"),
+            BWN(L.Conv2D(4, 1), name="bwn"),
+            CWN(L.Conv2D(4, 1), scale=False, name="noscale"),
+            L.Reshape((8, 32)),
+            L.TimeDistributed(WN(L.Dense(3, activation="relu"), name="td_dense"), name="td"),
+            keras.Sequential(
+                [keras.Input((8, 3)), CWN(L.Dense(5, activation="relu"), name="inner")]
+            ),
+            WN(L.LSTM(3), name="lstm"),
+            WN(L.Dense(2, activation="tanh"), name="head"),
+        ]
+    )
+
+
+INITIALIZED = ["conv", "dw", "sep", "convt", "nobias", "td_dense", "inner", "head"]
+LEFT_ALONE = ["bwn", "noscale", "lstm"]
+
+
+def pre_activations(model, x):
+    """{wrapper name: its pre-activation on this batch}, from plain copies
+    (wrapper.remove()) without their activation, applied to the inputs the
+    model's own forward pass gives each top-level stage: independent of
+    data_init's mechanism, and the same float16 path as the model's."""
+    feeds = keras.Model(model.inputs[0], [layer.input for layer in model.layers])(x)
+    out = {}
+    for layer, h in zip(model.layers, feeds, strict=True):
+        if isinstance(layer, keras.Sequential):
+            (layer,) = layer.layers  # the nested model holds one wrapper
+        wrapper = layer.layer if isinstance(layer, L.TimeDistributed) else layer
+        if isinstance(wrapper, KernelNormWrapper) and not isinstance(wrapper.layer, L.RNN):
+            plain = wrapper.remove()
+            plain.activation = keras.activations.linear
+            out[wrapper.name] = to_numpy(plain(h)).astype("float64")
+    return out
+
+
+def assert_standardized(model, stats, names, mean_atol, var_rtol, bias_rtol=0.0):
+    """Mean 0 (up to `mean_atol` plus `bias_rtol` times the largest bias: a
+    float16 bias is rounded to about 1e-3 of its size) and variance 1."""
+    wrappers = {w.name: w for w in wrappers_of(model)}
+    for name in names:
+        z = stats[name]
+        z = z.reshape(-1, z.shape[-1])
+        np.testing.assert_allclose(z.var(axis=0), 1.0, rtol=var_rtol, err_msg=name)
+        if name != "nobias":  # no bias: only the variance can be set
+            bias = np.abs(to_numpy(wrappers[name].layer.bias.value)).max()
+            atol = mean_atol + bias_rtol * bias
+            np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=atol, err_msg=name)
+
+
+def data_init_batch(rng, n=64):
+    return (3.0 * rng.normal(size=(n, 8, 8, 3)) + 1.0).astype("float32")
+
+
+def variables_by_wrapper(model, names):
+    found = {w.name: w for w in wrappers_of(model)}
+    return {n: [to_numpy(v.value).copy() for v in found[n].weights] for n in names}
+
+
+def test_data_init_standardizes_every_pre_activation_in_order(rng):
+    model = make_data_init_model()
+    x = data_init_batch(rng)
+    before = pre_activations(model, x)
+    assert np.abs(before["head"].std(axis=0) - 1).max() > 0.05  # not already standardized
+    untouched = variables_by_wrapper(model, LEFT_ALONE)
+    done = tfnorms.data_init(model, x)
+    assert [w.name for w in done] == INITIALIZED  # in forward order
+    # Checked on the final model: every layer's input comes from the already
+    # initialized layers before it.
+    assert_standardized(model, pre_activations(model, x), INITIALIZED, 1e-4, var_rtol=1e-4)
+    for name, values in variables_by_wrapper(model, LEFT_ALONE).items():
+        for a, b in zip(untouched[name], values, strict=True):
+            np.testing.assert_array_equal(a, b, err_msg=name)
+    assert all("call" not in w.__dict__ for w in wrappers_of(model))  # no hook left
+    # A second pass finds nothing left to do.
+    g = {w.name: to_numpy(w.scale_variables()[next(iter(w.scale_variables()))].value) for w in done}
+    tfnorms.data_init(model, x)
+    for w in done:
+        now = to_numpy(w.scale_variables()[next(iter(w.scale_variables()))].value)
+        np.testing.assert_allclose(now, g[w.name], rtol=1e-4, err_msg=w.name)
+
+
+def test_data_init_rescales_the_pointwise_scale_of_a_separable_conv(rng):
+    model = make_data_init_model()
+    sep = model.get_layer("sep")
+    depthwise_g = to_numpy(sep.scale_variables()["depthwise_kernel"].value).copy()
+    pointwise_g = to_numpy(sep.scale_variables()["pointwise_kernel"].value).copy()
+    tfnorms.data_init(model, data_init_batch(rng))
+    np.testing.assert_array_equal(
+        to_numpy(sep.scale_variables()["depthwise_kernel"].value), depthwise_g
+    )
+    assert not np.allclose(to_numpy(sep.scale_variables()["pointwise_kernel"].value), pointwise_g)
+
+
+@pytest.mark.filterwarnings("ignore:`build\\(\\)` was called on layer")  # Keras's, not ours
+def test_data_init_on_a_subclassed_model_warns_about_unused_layers(rng):
+    class TwoHeads(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.used = WN(L.Dense(4, activation="relu"), name="used")
+            self.unused = WN(L.Dense(4), name="unused")
+
+        def call(self, x):
+            return self.used(x)
+
+    model = TwoHeads()
+    x = (2.0 * rng.normal(size=(32, 5)) + 3.0).astype("float32")
+    with pytest.warns(UserWarning, match="unused"):
+        done = tfnorms.data_init(model, x)
+    assert [w.name for w in done] == ["used"]
+    plain = model.used.remove()
+    plain.activation = keras.activations.linear
+    z = to_numpy(plain(x)).astype("float64")
+    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
+    np.testing.assert_allclose(z.var(axis=0), 1, rtol=1e-4)
+
+
+@pytest.mark.tensorflow_only
+def test_data_init_under_mirrored_strategy(rng):
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        model = make_data_init_model()
+        x = data_init_batch(rng)
+        done = tfnorms.data_init(model, x)
+    assert [w.name for w in done] == INITIALIZED
+    for wrapper in done:
+        for variable in wrapper.weights:
+            replicas = _replica_values(variable)
+            assert len(replicas) == 2, variable.path
+            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+    assert_standardized(model, pre_activations(model, x), INITIALIZED, 1e-4, var_rtol=1e-4)
+
+
+def test_data_init_under_mixed_float16(rng):
+    keras.config.set_dtype_policy("mixed_float16")
+    model = make_data_init_model()
+    x = data_init_batch(rng)
+    done = tfnorms.data_init(model, x)
+    assert [w.name for w in done] == INITIALIZED
+    for wrapper in done:
+        for variable in wrapper.weights:
+            assert keras.backend.standardize_dtype(variable.dtype) == "float32"
+    # float16 pre-activations: about three significant digits.
+    stats = pre_activations(model, x)
+    assert_standardized(model, stats, INITIALIZED, 5e-3, var_rtol=2e-2, bias_rtol=2e-3)
+
+
+# -------------------------------------------------------------------- strip
+def make_functional_with_nested(rng_seed=0):
+    inputs = keras.Input((6, 4))
+    h = CWN(L.Conv1D(6, 3, padding="causal", dilation_rate=2, activation="relu"))(inputs)
+    nested = keras.Sequential(
+        [keras.Input((6, 6)), WN(L.Conv1DTranspose(4, 3, padding="same")), L.ReLU()],
+        name="nested",
+    )
+    h = nested(h)
+    h = L.Bidirectional(CWN(L.LSTM(3, return_sequences=True)))(h)
+    h = L.TimeDistributed(BWN(L.Dense(4), per_unit_gain=True))(h)
+    h = WN(L.SeparableConv1D(4, 3))(h)
+    h = L.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, BWN(L.Dense(2))(h))
+
+
+def make_sequential_without_input():
+    model = keras.Sequential([WN(L.Dense(5, activation="relu")), CWN(L.Dense(2))])
+    model(np.zeros((1, 3), "float32"))
+    return model
+
+
+STRIP_CASES = {
+    "functional_nested": (make_functional_with_nested, (6, 4)),
+    "sequential_deferred": (make_sequential_without_input, (3,)),
+    "sequential": (make_data_init_model, (8, 8, 3)),
+}
+
+
+def randomize_trainable(model, rng):
+    for variable in model.trainable_variables:
+        variable.assign(variable.value + 0.3 * rng.normal(size=variable.shape))
+
+
+@pytest.mark.parametrize("name", sorted(STRIP_CASES))
+def test_strip_gives_plain_layers_and_identical_outputs(name, rng):
+    make, shape = STRIP_CASES[name]
+    model = make()
+    randomize_trainable(model, rng)  # as after training
+    x = rng.normal(size=(4, *shape)).astype("float32")
+    want = to_numpy(model(x))
+    stripped = tfnorms.strip(model)
+    np.testing.assert_allclose(to_numpy(stripped(x)), want, atol=1e-5)
+    assert wrappers_of(stripped) == []
+    assert "tfnorms" not in json.dumps(keras.saving.serialize_keras_object(stripped))
+    # Layer names are the inner layers' names.
+    inner_names = {w.layer.name for w in wrappers_of(model)}
+    stripped_names = {layer.name for layer in all_layers(stripped)}
+    assert inner_names - {n for n in inner_names if n.startswith(("forward_", "backward_"))} <= (
+        stripped_names
+    )
+    # The original is unchanged.
+    assert wrappers_of(model)
+    np.testing.assert_allclose(to_numpy(model(x)), want, atol=0)
+
+
+@pytest.mark.tensorflow_only
+def test_stripped_model_exports(tmp_path, rng):
+    model = make_functional_with_nested()
+    x = rng.normal(size=(4, 6, 4)).astype("float32")
+    assert_export_roundtrip(tfnorms.strip(model), x, tmp_path, atol=1e-5)
+
+
+def test_strip_refuses_subclassed_and_unbuilt_models():
+    class Sub(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = WN(L.Dense(2))
+
+        def call(self, x):
+            return self.dense(x)
+
+    model = Sub()
+    model(np.zeros((1, 3), "float32"))
+    with pytest.raises(ValueError, match="subclassed"):
+        tfnorms.strip(model)
+    with pytest.raises(ValueError, match="not built"):
+        tfnorms.strip(keras.Sequential([WN(L.Dense(2))]))
+    with pytest.raises(ValueError, match="Keras model"):
+        tfnorms.strip(WN(L.Dense(2)))
+
+
+# ------------------------------------------------------------ convert_model
+def make_plain_model():
+    inputs = keras.Input((6, 4))
+    h = L.Conv1D(6, 3, padding="causal", dilation_rate=2, activation="relu")(inputs)
+    h = keras.Sequential(
+        [keras.Input((6, 6)), L.Conv1DTranspose(4, 3, padding="same"), L.ReLU()], name="nested"
+    )(h)
+    h = L.Bidirectional(L.LSTM(3, return_sequences=True))(h)
+    h = L.TimeDistributed(L.Dense(4))(h)
+    h = L.SeparableConv1D(4, 3)(h)
+    h = L.BatchNormalization()(h)
+    h = L.GlobalAveragePooling1D()(h)
+    return keras.Model(inputs, L.Dense(2, name="classifier")(h))
+
+
+def supported_leaves(model):
+    return [
+        layer
+        for layer in all_layers(model)
+        if tfnorms.axes.is_supported(layer) and not isinstance(layer, KernelNormWrapper)
+    ]
+
+
+def np_unit_axes(layer, kernel_name):
+    if isinstance(layer, L.Conv1DTranspose):
+        return (-2,)
+    if isinstance(layer, L.SeparableConv1D) and kernel_name == "depthwise_kernel":
+        return (-2, -1)
+    return (-1,)
+
+
+def np_reduce(shape, unit_axes):
+    unit = {a % len(shape) for a in unit_axes}
+    return tuple(a for a in range(len(shape)) if a not in unit)
+
+
+def kernels_of(layer):
+    owner = layer.cell if isinstance(layer, L.RNN) else layer
+    names = tfnorms.axes.unit_axes_for(layer)
+    return {v.name: to_numpy(v.value) for v in owner.weights if v.name in names}
+
+
+def test_convert_wn_is_exact_and_strip_undoes_it(rng):
+    model = make_plain_model()
+    randomize_trainable(model, rng)
+    x = rng.normal(size=(4, 6, 4)).astype("float32")
+    converted = tfnorms.convert_model(model, weight_norm="wn")
+    wrappers = wrappers_of(converted)
+    assert len(wrappers) == len(supported_leaves(model)) == 7  # Bidirectional: two
+    assert all(isinstance(w, tfnorms.WeightNormalization) for w in wrappers)
+    assert "classifier_wn" in [layer.name for layer in converted.layers]
+    assert converted.get_layer("classifier_wn").layer.name == "classifier"
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), atol=1e-5)
+    back = tfnorms.strip(converted)
+    np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), atol=1e-5)
+    for a, b in zip(model.weights, back.weights, strict=True):
+        np.testing.assert_allclose(to_numpy(a.value), to_numpy(b.value), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method", ["cwn", "bwn"])
+def test_convert_carries_the_kernels_into_the_method(method, rng):
+    model = make_plain_model()
+    randomize_trainable(model, rng)
+    converted = tfnorms.convert_model(model, weight_norm=method)
+    originals = supported_leaves(model)
+    wrappers = wrappers_of(converted)
+    assert len(wrappers) == len(originals)
+    for original, wrapper in zip(originals, wrappers, strict=True):
+        effective = {k: to_numpy(w) for k, w in wrapper.effective_kernels().items()}
+        for name, v in kernels_of(original).items():
+            unit_axes = np_unit_axes(original, name)
+            axes = np_reduce(v.shape, unit_axes)
+            if method == "cwn":  # the kernel loses each unit's mean, keeps its norm
+                want = v - v.mean(axis=axes, keepdims=True)
+            else:  # every unit rescaled to the mean of the original unit norms
+                norms = np.sqrt((v**2).sum(axis=axes, keepdims=True))
+                want = v / norms * norms.mean()
+            np.testing.assert_allclose(
+                effective[name], want, rtol=1e-4, atol=1e-6, err_msg=f"{wrapper.name} {name}"
+            )
+
+
+def test_convert_options(rng):
+    model = make_plain_model()
+    converted = tfnorms.convert_model(
+        model,
+        weight_norm=lambda layer: tfnorms.CenteredWeightNorm(layer, scale=False),
+        layer_filter=lambda layer: layer.name != "classifier",
+    )
+    wrappers = wrappers_of(converted)
+    assert len(wrappers) == 6
+    assert all(not w.scale for w in wrappers)
+    assert isinstance(converted.get_layer("classifier"), L.Dense)
+    # Already-wrapped layers are copied, not wrapped twice.
+    again = tfnorms.convert_model(converted, weight_norm="wn")
+    assert len(wrappers_of(again)) == 7
+    assert sum(isinstance(w, tfnorms.WeightNormalization) for w in wrappers_of(again)) == 1
+    x = rng.normal(size=(2, 6, 4)).astype("float32")
+    np.testing.assert_allclose(to_numpy(again(x)), to_numpy(converted(x)), atol=1e-5)
+    # No option: a plain copy with the weights.
+    copy = tfnorms.convert_model(model)
+    np.testing.assert_allclose(to_numpy(copy(x)), to_numpy(model(x)), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"weight_norm": "weightnorm"}, "weight_norm"),
+        ({"weight_norm": 3}, "weight_norm"),
+        ({"weight_norm": lambda layer: layer}, "tfnorms wrapper"),
+        ({"batch_norm": "l3"}, "batch_norm"),
+        ({"batch_norm": 2}, "batch_norm"),
+        ({"layer_filter": "dense"}, "layer_filter"),
+    ],
+)
+def test_convert_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tfnorms.convert_model(make_plain_model(), **kwargs)
+
+
+# ------------------------------------------------------ batch_norm switch
+def make_bn_model():
+    inputs = keras.Input((5, 5, 3))
+    h = L.Conv2D(4, 3, use_bias=False)(inputs)
+    h = L.BatchNormalization(momentum=0.9, epsilon=1e-4, name="bn")(h)
+    h = L.ReLU()(h)
+    return keras.Model(inputs, L.Dense(2)(L.GlobalAveragePooling2D()(h)))
+
+
+def trained_bn_model(rng):
+    model = make_bn_model()
+    bn = model.get_layer("bn")
+    for variable in bn.weights:  # as after training: non-trivial statistics
+        variable.assign(np.abs(rng.normal(size=variable.shape)) + 0.5)
+    return model
+
+
+@pytest.mark.parametrize(
+    "option, class_name, carried",
+    [
+        ("l2", "LpBatchNormalization", ["gamma", "beta", "moving_mean", "moving_variance"]),
+        ("l1", "L1BatchNormalization", ["gamma", "beta", "moving_mean", "moving_variance"]),
+        ("linf", "LinfBatchNormalization", ["gamma", "beta", "moving_mean", "moving_variance"]),
+        ({"p": 3, "top_k": None}, "LpBatchNormalization", ["gamma", "beta", "moving_mean"]),
+        ("mean_only", "MeanOnlyBatchNormalization", ["beta", "moving_mean"]),
+    ],
+    ids=["l2", "l1", "linf", "dict", "mean_only"],
+)
+def test_convert_replaces_batch_normalization(option, class_name, carried, rng):
+    model = trained_bn_model(rng)
+    converted = tfnorms.convert_model(model, batch_norm=option)
+    bn = model.get_layer("bn")
+    new = converted.get_layer("bn")
+    assert type(new) is getattr(tfnorms, class_name)
+    assert new.momentum == pytest.approx(0.9)
+    if hasattr(new, "epsilon"):
+        assert new.epsilon == pytest.approx(1e-4)
+    old_values = {v.name: to_numpy(v.value) for v in bn.weights}
+    new_values = {v.name: to_numpy(v.value) for v in new.weights}
+    for name in carried:
+        np.testing.assert_array_equal(new_values[name], old_values[name], err_msg=name)
+    if option == "l2":  # SPEC section 4: p=2 is Keras's batch norm, so nothing changes
+        x = rng.normal(size=(4, 5, 5, 3)).astype("float32")
+        np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), atol=1e-5)
+
+
+# ------------------------------------------- ResNet and MobileNetV2 end to end
+def make_small_resnet(classes=4):
+    def block(x, filters, stride):
+        h = L.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False)(x)
+        h = L.BatchNormalization()(h)
+        h = L.ReLU()(h)
+        h = L.Conv2D(filters, 3, padding="same", use_bias=False)(h)
+        h = L.BatchNormalization()(h)
+        if stride != 1 or x.shape[-1] != filters:
+            x = L.Conv2D(filters, 1, strides=stride, use_bias=False)(x)
+            x = L.BatchNormalization()(x)
+        return L.ReLU()(L.Add()([x, h]))
+
+    inputs = keras.Input((16, 16, 3))
+    h = L.Conv2D(8, 3, padding="same", use_bias=False)(inputs)
+    h = L.ReLU()(L.BatchNormalization()(h))
+    h = block(h, 8, 1)
+    h = block(h, 16, 2)
+    h = L.GlobalAveragePooling2D()(h)
+    return keras.Model(inputs, L.Dense(classes, name="classifier")(h), name="small_resnet")
+
+
+def train_one_step(model, x, y):
+    model.compile(optimizer=keras.optimizers.SGD(0.01), loss="categorical_crossentropy")
+    history = model.fit(x, y, epochs=1, batch_size=len(x), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def classification_data(rng, shape, n=8, classes=4):
+    x = rng.normal(size=(n, *shape)).astype("float32")
+    y = np.eye(classes, dtype="float32")[rng.integers(0, classes, size=n)]
+    return x, y
+
+
+def test_convert_small_resnet_exactly_with_wn_and_l2(rng):
+    model = make_small_resnet()
+    x, y = classification_data(rng, (16, 16, 3))
+    train_one_step(model, x, y)  # moving statistics move away from 0 and 1
+    converted = tfnorms.convert_model(model, weight_norm="wn", batch_norm="l2")
+    assert len(wrappers_of(converted)) == 7
+    np.testing.assert_allclose(
+        converted.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_convert_resnet_and_mobilenet_train_save_and_load(tmp_path, rng):
+    """The norm-matters recipe on a ResNet (bounded weight norm on every conv,
+    not the classifier; mean-only batch norm) and CWN with L1 batch norm on
+    keras.applications.MobileNetV2: one training step, then save and load in
+    a fresh process."""
+    cases = []
+    resnet = tfnorms.convert_model(
+        make_small_resnet(),
+        weight_norm="bwn",
+        batch_norm="mean_only",
+        layer_filter=lambda layer: layer.name != "classifier",
+    )
+    assert len(wrappers_of(resnet)) == 6
+    assert (
+        sum(isinstance(layer, tfnorms.MeanOnlyBatchNormalization) for layer in resnet.layers) == 6
+    )
+    x, y = classification_data(rng, (16, 16, 3))
+    train_one_step(resnet, x, y)
+    cases.append((resnet, x))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the input size has no ImageNet weights
+        mobilenet = keras.applications.MobileNetV2(
+            weights=None, input_shape=(32, 32, 3), alpha=0.35, classes=4
+        )
+    converted = tfnorms.convert_model(mobilenet, weight_norm="cwn", batch_norm="l1")
+    assert len(wrappers_of(converted)) == len(supported_leaves(mobilenet)) == 53
+    assert not any(type(layer) is L.BatchNormalization for layer in converted.layers)
+    x, y = classification_data(rng, (32, 32, 3), n=4)
+    train_one_step(converted, x, y)
+    cases.append((converted, x))
+    assert_keras_roundtrip_fresh_process(cases, tmp_path, atol=1e-5)
