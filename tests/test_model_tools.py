@@ -407,6 +407,29 @@ def test_convert_refuses_bad_arguments(kwargs, message):
         tfnorms.convert_model(make_plain_model(), **kwargs)
 
 
+@pytest.mark.tensorflow_only
+def test_convert_model_inside_a_strategy_scope(rng):
+    """Convert a trained model into a MirroredStrategy scope, then train it."""
+    model = make_plain_model()
+    randomize_trainable(model, rng)
+    with mirrored_strategy().scope():
+        converted = tfnorms.convert_model(model, weight_norm="cwn")
+        converted.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
+    conv = wrappers_of(converted)[0]
+    v = to_numpy(supported_leaves(model)[0].kernel)
+    np.testing.assert_allclose(
+        to_numpy(conv.effective_kernels()["kernel"]), v - v.mean(axis=(0, 1)), rtol=1e-4, atol=1e-6
+    )
+    x = rng.normal(size=(8, 6, 4)).astype("float32")
+    converted.fit(x, rng.normal(size=(8, 2)).astype("float32"), epochs=1, batch_size=8, verbose=0)
+    # Trainable variables (Keras's unsynchronized batch norm keeps its
+    # moving statistics per replica).
+    for variable in converted.trainable_variables:
+        replicas = _replica_values(variable)
+        assert len(replicas) == 2, variable.path
+        np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
+
+
 # ------------------------------------------------------ batch_norm switch
 def make_bn_model():
     inputs = keras.Input((5, 5, 3))

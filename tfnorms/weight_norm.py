@@ -40,8 +40,9 @@ class KernelNormWrapper(keras.layers.Wrapper):
     `state_size`, `output_size` and `get_initial_state()`, so
     `keras.layers.RNN(CenteredWeightNorm(LSTMCell(8)))` works too, but it
     recomputes the normalized kernels at every time step: wrap the layer
-    (kernels computed once per call) unless you need the cell. Keras's fused
-    (cuDNN) LSTM/GRU paths are not used inside a wrapper.
+    (kernels computed once per call) unless you need the cell.
+    `Bidirectional`'s fused two-direction LSTM/GRU path (a GPU kernel) is
+    not taken around wrappers: each direction runs on its own.
     """
 
     def __init__(self, layer, epsilon=1e-12, **kwargs):
