@@ -266,6 +266,12 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
 
     if math.isinf(p) and (top_k is None or top_k == 1):
         return _max_statistics(x, axis, mask, cross_replica, count, total)
+    low = keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16")
+    if p == 2.0 and mask is None and cross_replica is None and not low:
+        # Keras's own moments (tf.nn.moments on TensorFlow: one fused
+        # squared-difference pass), so that p=2 costs what Keras's layer costs.
+        mean, variance = ops.moments(x, _reduction_axes(len(x.shape), axis))
+        return ops.cast(mean, dtype), ops.cast(variance, dtype)
 
     # Pass 1: the mean (global when synchronized: one collective with the count).
     local_count = count
