@@ -410,17 +410,14 @@ def test_convert_refuses_bad_arguments(kwargs, message):
 @pytest.mark.tensorflow_only
 def test_convert_model_inside_a_strategy_scope(rng):
     """Convert a trained model into a MirroredStrategy scope, then train it."""
-    model = make_plain_model()
-    randomize_trainable(model, rng)
+    model = trained_bn_model(rng)
     with mirrored_strategy().scope():
         converted = tfnorms.convert_model(model, weight_norm="cwn")
         converted.compile(optimizer=keras.optimizers.SGD(0.01), loss="mse")
-    conv = wrappers_of(converted)[0]
-    v = to_numpy(supported_leaves(model)[0].kernel)
-    np.testing.assert_allclose(
-        to_numpy(conv.effective_kernels()["kernel"]), v - v.mean(axis=(0, 1)), rtol=1e-4, atol=1e-6
-    )
-    x = rng.normal(size=(8, 6, 4)).astype("float32")
+    v = to_numpy(model.layers[1].kernel)
+    w = wrappers_of(converted)[0].effective_kernels()["kernel"]
+    np.testing.assert_allclose(to_numpy(w), v - v.mean(axis=(0, 1, 2)), rtol=1e-4, atol=1e-6)
+    x = rng.normal(size=(8, 5, 5, 3)).astype("float32")
     converted.fit(x, rng.normal(size=(8, 2)).astype("float32"), epochs=1, batch_size=8, verbose=0)
     # Trainable variables (Keras's unsynchronized batch norm keeps its
     # moving statistics per replica).
