@@ -386,6 +386,14 @@ def test_convert_options(rng):
     assert sum(isinstance(w, tfnorms.WeightNormalization) for w in wrappers_of(again)) == 1
     x = rng.normal(size=(2, 6, 4)).astype("float32")
     np.testing.assert_allclose(to_numpy(again(x)), to_numpy(converted(x)), atol=1e-5)
+    # An EinsumDense with a 3-D kernel has no output unit: left as it is.
+    inputs = keras.Input((5,))
+    einsum = keras.Model(inputs, L.EinsumDense("ab,bcd->acd", (3, 4))(L.Dense(5)(inputs)))
+    converted_einsum = tfnorms.convert_model(einsum, weight_norm="cwn")
+    assert [type(layer).__name__ for layer in converted_einsum.layers[1:]] == [
+        "CenteredWeightNorm",
+        "EinsumDense",
+    ]
     # No option: a plain copy with the weights.
     copy = tfnorms.convert_model(model)
     np.testing.assert_allclose(to_numpy(copy(x)), to_numpy(model(x)), atol=1e-6)

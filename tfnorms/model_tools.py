@@ -466,13 +466,26 @@ def _weight_norm_factory(weight_norm):
     )
 
 
+def _wrappable(layer):
+    """A layer of the output-unit table whose kernels have a defined output
+    unit (an EinsumDense with a 3-D kernel has none and is left as is)."""
+    if not axes.is_supported(layer):
+        return False
+    try:
+        axes.find_kernels(layer)
+    except ValueError:
+        return False
+    return True
+
+
 def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
     """A copy of `model` with weight normalization and/or Lp batch norms.
 
     The opposite of `strip`: every layer with a kernel from SPEC section 1's
     table (Dense, Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*,
     SimpleRNN/LSTM/GRU, also inside `TimeDistributed` and `Bidirectional`)
-    is wrapped, and every `keras.layers.BatchNormalization` (that exact
+    is wrapped (except an EinsumDense whose kernel is not 2-D, which has
+    no defined output unit), and every `keras.layers.BatchNormalization` (that exact
     class) is replaced, with the trained weights carried over. The original
     model is unchanged; Sequential and functional models (nested ones too)
     are supported.
@@ -527,7 +540,7 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
         rebuilt = _rebuild_container(layer, transform)
         if rebuilt is not None:
             return rebuilt
-        if wrap is not None and axes.is_supported(layer) and selected(layer):
+        if wrap is not None and _wrappable(layer) and selected(layer):
             return wrap(_fresh_copy(layer))
         if (
             replace_bn is not None
