@@ -127,6 +127,12 @@ def test_unsupported_layers_are_refused_naming_class_and_kernels(layer):
         axes.unit_axes_for(type(layer))
 
 
+def test_keras_wrappers_are_refused_with_a_hint_to_wrap_inside():
+    for layer in (L.Bidirectional(L.LSTM(2)), L.TimeDistributed(L.Dense(2))):
+        with pytest.raises(ValueError, match=r"Bidirectional\(CenteredWeightNorm\(LSTM"):
+            axes.unit_axes_for(layer)
+
+
 def test_einsum_dense_needs_a_2d_kernel():
     layer = L.EinsumDense("ab,bcd->acd", (3, 4))
     layer.build((2, 5))

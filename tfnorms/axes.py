@@ -111,6 +111,14 @@ def unit_axes_for(layer) -> dict[str, tuple[int, ...]]:
             f"can normalize: looked for {', '.join(SUPPORTED_KERNEL_NAMES)} on "
             "Dense, EinsumDense, Conv*/Conv*Transpose, DepthwiseConv*, SeparableConv*, "
             "SimpleRNN, LSTM and GRU layers (and their cells)."
+            + (
+                " For a Keras wrapper, put the tfnorms wrapper inside it, e.g. "
+                "Bidirectional(CenteredWeightNorm(LSTM(8))) or "
+                "TimeDistributed(CenteredWeightNorm(Dense(8)))."
+                if issubclass(_as_class(layer), keras.layers.Wrapper)
+                or issubclass(_as_class(layer), keras.layers.Bidirectional)
+                else ""
+            )
         )
     return dict(kernels)
 
