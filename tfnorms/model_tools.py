@@ -360,7 +360,8 @@ def strip(model):
     `TimeDistributed` and `Bidirectional`. Layer names are kept (each plain
     layer has its inner layer's name). The original model is unchanged.
     A subclassed model cannot be cloned: call `wrapper.remove()` on its
-    wrappers instead.
+    wrappers instead. A custom layer that holds wrappers inside itself is
+    copied as it is (from its config, with its weights).
     """
     return _transform_model(model, _strip_layer, "strip")
 
@@ -522,7 +523,8 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
         layer_filter: optional `layer -> bool`, called with each supported
             layer and each BatchNormalization of the original model; `False`
             leaves that layer as it is (e.g. skip the final classifier, as
-            the norm-matters ResNets do).
+            the norm-matters ResNets do). Layers inside custom layers are
+            not visited (the custom layer is copied as it is).
 
     Returns:
         A new model (compiled with the same settings when `model` was
