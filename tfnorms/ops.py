@@ -249,8 +249,11 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
     Returns:
         `(mean, variance)`, two (channels,) tensors in `statistics_dtype`;
         `variance` is `sigma_p**2` (for p = 2 the biased variance, as Keras).
-        Two passes over `x` (one for the mean, one for the deviations) and, when
-        synchronized, two collectives (the sums and count; then the scale).
+
+    Cost: finite p and top-k make two passes over `x` (the mean, then the
+    deviations) and, when synchronized, two collectives (the sums and count;
+    then the scale). The maximum needs no deviations: one pass for the mean,
+    the maximum and the minimum, and one collective.
     """
     p = float(p)
     axis = axis % len(x.shape)
