@@ -86,6 +86,13 @@ def fixed_frobenius_gain(gain, frobenius_norm, epsilon):
 # axes are reduced. A mask, when given, has x's shape with size 1 on the
 # channel axis; only its true elements enter the statistics.
 #
+# `axis` may also be a tuple of axes, all kept: the statistics are then taken
+# per position of those axes over all the others (layer and group
+# normalization keep the batch axis, and the group axis, this way), and come
+# back with the kept axes' shape. A mask then broadcasts against x; where it
+# varies along a kept axis (a padded sequence under layer normalization over
+# time), every kept position counts its own valid elements.
+#
 # The cross-replica reduction is injected (`cross_replica`, see
 # `tfnorms.distribute.cross_replica_reduce`) so that this module stays pure
 # `keras.ops`. It takes `(sums, gathers)`, two lists of tensors, and returns
@@ -144,8 +151,46 @@ def channel_broadcast_shape(ndim, axis, channels):
     return shape
 
 
+def kept_axes(ndim, axis):
+    """The kept axes as sorted non-negative indices: `axis` is one axis (the
+    channel axis of batch norm) or a tuple/list of axes."""
+    if isinstance(axis, (tuple, list)):
+        return tuple(sorted({int(a) % ndim for a in axis}))
+    return (int(axis) % ndim,)
+
+
 def _reduction_axes(ndim, axis):
-    return tuple(i for i in range(ndim) if i != axis % ndim)
+    kept = kept_axes(ndim, axis)
+    return tuple(i for i in range(ndim) if i not in kept)
+
+
+def expand_statistics(statistic, ndim, axis):
+    """A statistic of the kept axes' shape (what `lp_statistics` returns),
+    with size-1 axes inserted at the reduced axes so that it broadcasts
+    against the rank-`ndim` input (works with unknown batch sizes too)."""
+    for i in _reduction_axes(ndim, axis):
+        statistic = ops.expand_dims(statistic, i)
+    return statistic
+
+
+def _mask_count(mask, x, axis, dtype):
+    """Valid elements per kept position under `mask` (boolean, broadcasting
+    against x). A mask that is the same along every kept axis (size 1 there,
+    batch norm's case) gives one scalar count, as the cross-replica reduction
+    needs; otherwise the counts have the mask's size on the kept axes."""
+    ndim = len(x.shape)
+    reduced = _reduction_axes(ndim, axis)
+    valid = ops.cast(mask, dtype)
+    if all(mask.shape[a] == 1 for a in kept_axes(ndim, axis)):
+        count = ops.sum(valid)
+    else:
+        count = ops.sum(valid, axis=reduced)
+    # Axes the mask broadcasts along: every element there repeats the mask.
+    for a in reduced:
+        if mask.shape[a] == 1 and x.shape[a] != 1:
+            size = x.shape[a] if x.shape[a] is not None else ops.shape(x)[a]
+            count = count * _as_dtype(size, dtype)
+    return count
 
 
 def reduced_count(x, axis):
@@ -197,24 +242,37 @@ def masked_mean(v, axis, mask=None, count=None, total=None):
 
 
 def top_k_values(values, k, axis, pad_to_k=False):
-    """The k largest entries of `values` per channel, as a (channels, k) tensor.
+    """The k largest entries of `values` per channel, as a (channels, k) tensor
+    (with a tuple of kept axes: a (*kept sizes, k) tensor).
 
     `values` must be >= 0 where valid and negative (a sentinel) where masked.
     When a channel has fewer than k elements, the missing entries are the
     sentinel -1, so that `valid_mean` can tell them apart; with `pad_to_k`
     the result always has exactly k columns (equal shapes on every replica).
     """
-    channels = values.shape[axis]
-    flat = ops.reshape(ops.moveaxis(values, axis, 0), (channels, -1))
-    n = flat.shape[1]
+    ndim = len(values.shape)
+    kept, reduced = kept_axes(ndim, axis), _reduction_axes(ndim, axis)
+    order = kept + reduced
+    moved = values if order == tuple(range(ndim)) else ops.transpose(values, order)
+    kept_shape = [values.shape[a] for a in kept]
+    if any(d is None for d in kept_shape):  # e.g. the batch axis in a traced graph
+        dynamic = ops.shape(values)
+        kept_shape = [dynamic[a] if d is None else d for a, d in zip(kept, kept_shape, strict=True)]
+    sizes = [values.shape[a] for a in reduced]
+    n = math.prod(sizes) if all(d is not None for d in sizes) else None
+    flat = ops.reshape(moved, (*kept_shape, -1 if n is None else n))
+
+    def sentinels(columns):
+        return -ops.ones((*kept_shape, columns), dtype=flat.dtype)
+
     if n is None:
         # Length known only at run time: pad with k sentinels so top_k always
         # has at least k entries to choose from.
-        flat = ops.concatenate([flat, -ops.ones((channels, k), dtype=flat.dtype)], axis=1)
+        flat = ops.concatenate([flat, sentinels(k)], axis=-1)
     elif n < k:
         top = flat
         if pad_to_k:
-            top = ops.concatenate([top, -ops.ones((channels, k - n), dtype=top.dtype)], axis=1)
+            top = ops.concatenate([top, sentinels(k - n)], axis=-1)
         return top
     top, _ = ops.top_k(flat, k, sorted=False)
     return top
@@ -228,7 +286,7 @@ def valid_mean(top):
     return total / ops.maximum(count, 1.0)
 
 
-def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
+def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None, center=True):
     """Per-channel mean and squared Lp scale `sigma_p**2` of `x` (SPEC section 4).
 
         mu        = mean(x)
@@ -238,60 +296,84 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
 
     Args:
         x: the activations, in the dtype the elementwise work runs in.
-        axis: the channel axis.
+        axis: the channel axis; or a tuple of axes that are all kept (the
+            statistics per position of those axes, over all the others).
         p: a float >= 1 or `INFINITY`.
         top_k: with p = inf, average the k largest deviations instead of the
             maximum (`None` or 1: the maximum).
-        mask: boolean, x's shape with size 1 on the channel axis.
+        mask: boolean, x's shape with size 1 on the channel axis (with kept
+            axes: any shape that broadcasts against x).
         cross_replica: `None` (local statistics) or the reduction that makes
-            them global (see the section comment).
+            them global (see the section comment). Needs one channel axis and
+            a mask, if any, that is the same for every channel.
+        center: `False` takes the scale around 0 instead of around the mean
+            (`mu = 0`: the uncentered, RMS-norm-like form); the returned mean
+            is then zeros.
 
     Returns:
-        `(mean, variance)`, two (channels,) tensors in `statistics_dtype`;
-        `variance` is `sigma_p**2` (for p = 2 the biased variance, as Keras).
+        `(mean, variance)`, two (channels,) tensors (the kept axes' shape) in
+        `statistics_dtype`; `variance` is `sigma_p**2` (for p = 2 the biased
+        variance, as Keras). `n` in `C_inf(n)` is the number of (valid)
+        elements each statistic is taken over.
 
     Cost: finite p and top-k make two passes over `x` (the mean, then the
     deviations) and, when synchronized, two collectives (the sums and count;
     then the scale). The maximum needs no deviations: one pass for the mean,
-    the maximum and the minimum, and one collective.
+    the maximum and the minimum, and one collective. Uncentered, one pass.
     """
     p = float(p)
-    axis = axis % len(x.shape)
+    ndim = len(x.shape)
     dtype = statistics_dtype(x.dtype)
-    channels = x.shape[axis]
-    bshape = channel_broadcast_shape(len(x.shape), axis, channels)
     total = reduced_count(x, axis)
     if mask is None:
         count = _as_dtype(total, dtype)
     else:
         mask = ops.cast(mask, "bool")
-        count = ops.sum(ops.cast(mask, dtype))
+        count = _mask_count(mask, x, axis, dtype)
+    if cross_replica is not None:
+        if len(kept_axes(ndim, axis)) != 1 or len(getattr(count, "shape", ())) != 0:
+            raise ValueError(
+                "lp_statistics synchronizes across replicas with one channel axis and a "
+                f"mask shared by all channels only; received axis={axis!r}"
+                + ("" if mask is None else f", mask.shape={tuple(mask.shape)}")
+                + "."
+            )
+        axis = axis % ndim if not isinstance(axis, (tuple, list)) else axis[0] % ndim
 
     if math.isinf(p) and (top_k is None or top_k == 1):
-        return _max_statistics(x, axis, mask, cross_replica, count, total)
+        return _max_statistics(x, axis, mask, cross_replica, count, total, center)
     low = keras.backend.standardize_dtype(x.dtype) in ("float16", "bfloat16")
-    if p == 2.0 and mask is None and cross_replica is None and not low:
+    if p == 2.0 and center and mask is None and cross_replica is None and not low:
         # Keras's own moments (tf.nn.moments on TensorFlow: one fused
         # squared-difference pass), so that p=2 costs what Keras's layer costs.
-        mean, variance = ops.moments(x, _reduction_axes(len(x.shape), axis))
+        mean, variance = ops.moments(x, _reduction_axes(ndim, axis))
         return ops.cast(mean, dtype), ops.cast(variance, dtype)
 
     # Pass 1: the mean (global when synchronized: one collective with the count).
     local_count = count
-    mean = masked_mean(x, axis, mask, local_count, total)
-    if cross_replica is not None:
-        local_count = ops.convert_to_tensor(local_count, dtype=dtype)
-        (sums, count), _ = cross_replica([mean * local_count, ops.reshape(local_count, (1,))], [])
-        count = count[0]  # global from here on
-        mean = sums / ops.maximum(count, 1.0)
+    if center:
+        mean = masked_mean(x, axis, mask, local_count, total)
+        if cross_replica is not None:
+            local_count = ops.convert_to_tensor(local_count, dtype=dtype)
+            (sums, count), _ = cross_replica(
+                [mean * local_count, ops.reshape(local_count, (1,))], []
+            )
+            count = count[0]  # global from here on
+            mean = sums / ops.maximum(count, 1.0)
 
-    # Pass 2: the deviations and the scale.
-    centered_mean = ops.reshape(ops.cast(mean, x.dtype), bshape)
-    if p == 2.0:
-        # d(variance)/d(mean) = -2 mean(x - mean) = 0: as tf.nn.moments, stop
-        # the gradient through the mean here (same result, less work).
-        centered_mean = ops.stop_gradient(centered_mean)
-    deviation = x - centered_mean
+        # Pass 2: the deviations and the scale.
+        centered_mean = expand_statistics(ops.cast(mean, x.dtype), ndim, axis)
+        if p == 2.0:
+            # d(variance)/d(mean) = -2 mean(x - mean) = 0: as tf.nn.moments, stop
+            # the gradient through the mean here (same result, less work).
+            centered_mean = ops.stop_gradient(centered_mean)
+        deviation = x - centered_mean
+    else:
+        deviation = x
+        if cross_replica is not None:
+            local_count = ops.convert_to_tensor(local_count, dtype=dtype)
+            (count,), _ = cross_replica([ops.reshape(local_count, (1,))], [])
+            count = count[0]
 
     if math.isinf(p):  # the top-k mean (the maximum is _max_statistics)
         magnitude = ops.abs(deviation)
@@ -301,11 +383,13 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
             top_k_values(magnitude, top_k, axis, pad_to_k=cross_replica is not None), dtype
         )
         if cross_replica is not None:
+            channels = x.shape[axis]
             _, (gathered,) = cross_replica([], [top])  # (replicas, channels, k)
             merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (channels, -1))
             top, _ = ops.top_k(merged, top_k, sorted=False)
         scale = linf_constant(count) * valid_mean(top)
-        return mean, ops.square(scale)
+        variance = ops.square(scale)
+        return (mean if center else ops.zeros_like(variance)), variance
 
     if p == 2.0:
         powered = ops.square(deviation)
@@ -317,7 +401,8 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None):
     if cross_replica is not None:
         (moment,), _ = cross_replica([moment * local_count], [])
         moment = moment / ops.maximum(count, 1.0)
-    return mean, lp_variance(moment, p)
+    variance = lp_variance(moment, p)
+    return (mean if center else ops.zeros_like(variance)), variance
 
 
 # The largest finite value of each float dtype: masked positions are filled
@@ -331,18 +416,17 @@ _FLOAT_MAX = {
 }
 
 
-def _max_statistics(x, axis, mask, cross_replica, count, total):
+def _max_statistics(x, axis, mask, cross_replica, count, total, center=True):
     """Mean and `(C_inf(n) * max|x - mu|)**2` in one pass and one collective.
 
     `max|x - mu| = max(max(x) - mu, mu - min(x))`: the maximum and minimum of
     x need no deviations, so they are reduced alongside the mean (no
     `x - mu` or `|.|` tensors) and, when synchronized, gathered in the same
-    collective as the sums.
+    collective as the sums. Uncentered (`center=False`), mu = 0.
     """
     dtype = statistics_dtype(x.dtype)
     axes = _reduction_axes(len(x.shape), axis)
     local_count = count
-    mean = masked_mean(x, axis, mask, local_count, total)
     if mask is None:
         high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
     else:
@@ -350,13 +434,18 @@ def _max_statistics(x, axis, mask, cross_replica, count, total):
         high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
         low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
     high, low = ops.cast(high, dtype), ops.cast(low, dtype)
+    if center:
+        mean = masked_mean(x, axis, mask, local_count, total)
+    else:
+        mean = ops.zeros_like(high)
     if cross_replica is not None:
         local_count = ops.convert_to_tensor(local_count, dtype=dtype)
         (sums, count), (highs, lows) = cross_replica(
             [mean * local_count, ops.reshape(local_count, (1,))], [high, low]
         )
         count = count[0]
-        mean = sums / ops.maximum(count, 1.0)
+        if center:
+            mean = sums / ops.maximum(count, 1.0)
         high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
     scale = ops.maximum(ops.maximum(high - mean, mean - low), 0.0)
     if mask is not None:  # nothing valid: the fill values, not a scale
@@ -417,6 +506,38 @@ def normalize(x, mean, variance, axis, gamma=None, beta=None, epsilon=1e-3):
     return x * ops.cast(ops.reshape(inv, bshape), x.dtype) + ops.cast(
         ops.reshape(offset, bshape), x.dtype
     )
+
+
+def working_dtype(dtype, low_precision=False):
+    """The dtype the elementwise work of a normalization runs in: float32
+    (float64 for float64), as Keras's normalization layers, or with
+    `low_precision` a float input's own dtype (float16/bfloat16)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if low_precision and keras.backend.is_float_dtype(dtype):
+        return dtype
+    return statistics_dtype(dtype)
+
+
+def normalize_broadcast(x, mean, variance, gamma=None, beta=None, epsilon=1e-3):
+    """`gamma * (x - mean) / sqrt(variance + epsilon) + beta` where every
+    argument already broadcasts against x: statistics per example (from
+    `expand_statistics`), `gamma` and `beta` per feature (layer and group
+    normalization). `mean=None` is the uncentered form `gamma * x / sqrt(...)`.
+
+    The arithmetic of Keras's `ops.layer_normalization`: `inv = gamma *
+    rsqrt(variance + epsilon)`, then `x * inv + (beta - mean * inv)`. The
+    rsqrt is taken in the statistics' dtype and cast to x's, so a float16 `x`
+    never sees `sigma**2`, which may not fit in float16.
+    """
+    inv = ops.cast(ops.rsqrt(variance + epsilon), x.dtype)
+    if gamma is not None:
+        inv = inv * ops.cast(gamma, x.dtype)
+    outputs = x * inv
+    offset = None if mean is None else -ops.cast(mean, x.dtype) * inv
+    if beta is not None:
+        beta = ops.cast(beta, x.dtype)
+        offset = beta if offset is None else offset + beta
+    return outputs if offset is None else outputs + offset
 
 
 def subtract_mean(x, mean, axis, beta=None):
