@@ -157,30 +157,36 @@ def _inception(x, norms, config, width, name):
     return keras.layers.Concatenate(name=name + "_concat")(branches)
 
 
-def googlenet(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3)):
+def googlenet(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3), blocks=None):
+    """`blocks` keeps only the first `blocks` inception modules of each stage
+    (3a-3c, 4a-4e, 5a-5b): the same structure with fewer layers, for quick
+    tests. `None` keeps all ten."""
     import keras
 
+    if blocks is not None and blocks < 1:
+        raise ModelError(f"--inception-blocks {blocks}: must be >= 1")
+    stages = [("3a", "3b", "3c"), ("4a", "4b", "4c", "4d", "4e"), ("5a", "5b")]
+    stages = [stage[:blocks] if blocks else stage for stage in stages]
     inputs = keras.Input(input_shape, name="image")
     x = _conv_bn_relu(inputs, norms, _channels(64, width), 3, padding="valid", name="conv1")
     x = _conv_bn_relu(x, norms, _channels(192, width), 3, padding="valid", name="conv2")
-    for key in ("3a", "3b", "3c"):
-        x = _inception(x, norms, INCEPTION[key], width, "inception" + key)
-    x = _conv_bn_relu(x, norms, x.shape[-1], 2, strides=2, padding="valid", name="reduce4")
-    for key in ("4a", "4b", "4c", "4d", "4e"):
-        x = _inception(x, norms, INCEPTION[key], width, "inception" + key)
-    x = _conv_bn_relu(x, norms, x.shape[-1], 2, strides=2, padding="valid", name="reduce5")
-    for key in ("5a", "5b"):
-        x = _inception(x, norms, INCEPTION[key], width, "inception" + key)
+    for index, stage in enumerate(stages):
+        if index:
+            x = _conv_bn_relu(
+                x, norms, x.shape[-1], 2, strides=2, padding="valid", name=f"reduce{index + 3}"
+            )
+        for key in stage:
+            x = _inception(x, norms, INCEPTION[key], width, "inception" + key)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     outputs = norms.classifier(num_classes)(x)
     return keras.Model(inputs, outputs, name="googlenet")
 
 
-def build(name, norms, *, depth=56, width=1.0, shortcut="A", num_classes=10):
+def build(name, norms, *, depth=56, width=1.0, shortcut="A", num_classes=10, blocks=None):
     if name == "resnet":
         return resnet(norms, depth=depth, width=width, shortcut=shortcut, num_classes=num_classes)
     if name == "vgg-a":
         return vgg_a(norms, width=width, num_classes=num_classes)
     if name == "googlenet":
-        return googlenet(norms, width=width, num_classes=num_classes)
+        return googlenet(norms, width=width, num_classes=num_classes, blocks=blocks)
     raise ModelError(f"--model {name!r}: choose one of {', '.join(MODELS)}")

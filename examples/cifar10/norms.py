@@ -73,7 +73,7 @@ class Norms:
         weight_decay_scope="all",
         wrap_classifier=False,
         zero_init_residual=False,
-        dtype_policy=None,
+        bwn_per_unit_gain=False,
     ):
         if weight_norm not in WEIGHT_NORMS:
             raise NormError(
@@ -102,6 +102,7 @@ class Norms:
         self.weight_decay_scope = weight_decay_scope
         self.wrap_classifier = wrap_classifier
         self.zero_init_residual = zero_init_residual
+        self.bwn_per_unit_gain = bwn_per_unit_gain
         if wn_scale == "auto":
             self.wn_scale = batch_norm in ("none", "mean")
         else:
@@ -167,6 +168,8 @@ class Norms:
             regularizer = self._regularizer("scale")
             if regularizer is not None and self.wn_scale:
                 kwargs["scale_regularizer"] = regularizer
+        elif self.bwn_per_unit_gain:
+            kwargs["per_unit_gain"] = True
         return cls(layer, **kwargs)
 
     # ------------------------------------------------------------- layers
@@ -255,6 +258,15 @@ class Norms:
                 "cannot build this normalization"
             )
         return cls(**taken)
+
+    def validate(self):
+        """Construct (not build) one layer of each kind, so that an argument
+        this tfnorms refuses fails before a run writes anything."""
+        self.conv(1, 3, name="check_conv")
+        self.dense(1, name="check_dense")
+        self.classifier(1, name="check_classifier")
+        self.bn(name="check_bn", zero_gamma=True, fallback="keras")
+        return self
 
     def describe(self):
         return {

@@ -20,11 +20,13 @@ BASE = {
     "depth": 56,
     "width": 1.0,
     "shortcut": "A",
+    "inception_blocks": None,
     "weight_norm": "none",
     "batch_norm": "l2",
     "wn_scale": "auto",
     "wrap_classifier": False,
     "zero_init_residual": False,
+    "bwn_per_unit_gain": False,
     "bn_momentum": 0.9,
     "bn_epsilon": 1e-5,
     "top_k": 10,
@@ -67,8 +69,10 @@ PRESETS = {
     },
     "normmatters-resnet56-bwn": {
         "_about": "Norm matters ResNet-56 with bounded weight norm: every convolution "
-        "(stem and shortcuts too) wrapped, each followed by mean-only BN; no weight decay "
+        "(stem and shortcuts too) wrapped, in the authors' variant with a learned per-unit "
+        "gain under a fixed total norm, each followed by mean-only BN; no weight decay "
         "except 1e-4 (0.5*wd*||W||^2) on the classifier; gradient-norm clipping at 5",
+        "bwn_per_unit_gain": True,
         "shortcut": "B",
         "weight_norm": "bwn",
         "batch_norm": "mean",
@@ -151,6 +155,8 @@ def _relevant(values):
         skip |= {"lr_decay_epochs", "lr_decay_rate", "lr_staircase"}
     if values["batch_norm"] != "topk":
         skip.add("top_k")
+    if values["weight_norm"] != "bwn":
+        skip.add("bwn_per_unit_gain")
     return [k for k in values if k not in skip and values[k] is not None]
 
 

@@ -113,6 +113,11 @@ def build_parser():
     group.add_argument("--depth", type=int, help="ResNet depth 6n+2 (20, 56, ...)")
     group.add_argument("--width", type=float, help="channel multiplier (tiny models for tests)")
     group.add_argument("--shortcut", choices=("A", "B"), help="ResNet shortcut option")
+    group.add_argument(
+        "--inception-blocks",
+        type=int,
+        help="GoogLeNet: keep the first N inception modules of each stage (quick runs)",
+    )
     group.add_argument("--weight-norm", choices=WEIGHT_NORMS)
     group.add_argument(
         "--batch-norm",
@@ -129,6 +134,11 @@ def build_parser():
         "--zero-init-residual",
         **bool_flag,
         help="start each residual block's last batch-norm gamma at 0",
+    )
+    group.add_argument(
+        "--bwn-per-unit-gain",
+        **bool_flag,
+        help="BWN: learned per-unit gains under a fixed total norm (the authors' variant)",
     )
     group.add_argument(
         "--bn-momentum", type=float, help="Keras convention: 0.9 keeps 90%% of the old value"
@@ -249,6 +259,8 @@ def _validate(config):
         f"--cpu-replicas {config['cpu_replicas']}: must be >= 1",
     )
     need(config["slow_steps"] >= 0, "--slow-steps: must be >= 0")
+    blocks = config["inception_blocks"]
+    need(blocks is None or blocks >= 1, f"--inception-blocks {blocks}: must be >= 1")
     if config["model"] == "resnet":
         depth = config["depth"]
         need(
@@ -465,6 +477,7 @@ def _make_norms(config):
         weight_decay_scope=config["weight_decay_scope"],
         wrap_classifier=config["wrap_classifier"],
         zero_init_residual=config["zero_init_residual"],
+        bwn_per_unit_gain=config["bwn_per_unit_gain"],
     )
 
 
@@ -479,6 +492,7 @@ def build_and_compile(config, steps_per_epoch):
         depth=config["depth"],
         width=config["width"],
         shortcut=config["shortcut"],
+        blocks=config["inception_blocks"],
     )
     optimizer = keras.optimizers.SGD(
         learning_rate=_learning_rate(config, steps_per_epoch),
@@ -549,7 +563,7 @@ def run(config, strategy=None, stream=None):
 
     import keras
 
-    _make_norms(config)  # unknown or unavailable normalizations fail here
+    _make_norms(config).validate()  # unknown or unavailable normalizations fail here
     dist = make_distribution(config, strategy)
     if config["batch_size"] % dist.replicas:
         raise ConfigError(
