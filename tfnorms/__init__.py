@@ -10,6 +10,8 @@ from tfnorms.batch_norm import (
 )
 from tfnorms.bounded_weight_norm import BoundedWeightNorm
 from tfnorms.constraints import CenteredUnitNorm, FixedNorm
+from tfnorms.group_norm import LpGroupNormalization
+from tfnorms.layer_norm import L1LayerNormalization, LpLayerNormalization
 from tfnorms.mean_only_batch_norm import MeanOnlyBatchNormalization
 from tfnorms.model_tools import convert_model, data_init, strip
 from tfnorms.weight_norm import CenteredWeightNorm, WeightNormalization
@@ -22,8 +24,11 @@ __all__ = [
     "CenteredWeightNorm",
     "FixedNorm",
     "L1BatchNormalization",
+    "L1LayerNormalization",
     "LinfBatchNormalization",
     "LpBatchNormalization",
+    "LpGroupNormalization",
+    "LpLayerNormalization",
     "MeanOnlyBatchNormalization",
     "WeightNormalization",
     "__version__",

@@ -117,3 +117,16 @@ def axis_in_range(name, axis, ndim, layer_name):
             f"'{layer_name}': allowed values are {-ndim} to {ndim - 1}."
         )
     return axis % ndim
+
+
+def top_k_for_order(top_k, p):
+    """`top_k` (None or an integer >= 1) for an Lp scale of order `p` (already
+    parsed by `norm_order`): the mean of the k largest deviations exists for
+    p = inf only."""
+    value = positive_int("top_k", top_k, allow_none=True)
+    if value is not None and not math.isinf(p):
+        raise ValueError(
+            f"`top_k` applies to p=inf only (the mean of the k largest deviations); "
+            f"received top_k={top_k!r} with p={p!r}."
+        )
+    return value

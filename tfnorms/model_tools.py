@@ -443,6 +443,42 @@ def _batch_norm_factory(batch_norm):
     return make
 
 
+_LAYER_NORM_PRESETS = {
+    "l1": ("L1LayerNormalization", {}),
+    "l2": ("LpLayerNormalization", {"p": 2}),
+    "linf": ("LpLayerNormalization", {"p": "inf"}),
+}
+
+
+def _layer_norm_factory(layer_norm):
+    """What replaces each LayerNormalization: an LpLayerNormalization with the
+    layer's configuration and the preset's or dict's arguments, or the
+    user's callable."""
+    if layer_norm is None:
+        return None
+    if callable(layer_norm) and not isinstance(layer_norm, (str, dict)):
+        return layer_norm
+    if isinstance(layer_norm, dict):
+        cls, extra = _batch_norm_class("LpLayerNormalization"), dict(layer_norm)
+    elif isinstance(layer_norm, str) and layer_norm in _LAYER_NORM_PRESETS:
+        class_name, extra = _LAYER_NORM_PRESETS[layer_norm]
+        cls = _batch_norm_class(class_name)
+    else:
+        raise ValueError(
+            "`layer_norm` must be None, one of "
+            f"{sorted(_LAYER_NORM_PRESETS)}, a dict of LpLayerNormalization arguments "
+            "(e.g. {'p': float('inf'), 'top_k': 10}) or a callable taking the "
+            f"LayerNormalization layer; received {layer_norm!r}."
+        )
+
+    def make(layer):
+        kwargs = _batch_norm_kwargs(cls, layer.get_config())
+        kwargs.update(extra)
+        return cls(**kwargs)
+
+    return make
+
+
 def _weight_norm_factory(weight_norm):
     if weight_norm is None:
         return None
@@ -479,15 +515,16 @@ def _wrappable(layer):
     return True
 
 
-def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
-    """A copy of `model` with weight normalization and/or Lp batch norms.
+def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None, layer_norm=None):
+    """A copy of `model` with weight normalization and/or Lp batch and layer norms.
 
     The opposite of `strip`: every layer with a kernel from SPEC section 1's
     table (Dense, Conv*, Conv*Transpose, DepthwiseConv*, SeparableConv*,
     SimpleRNN/LSTM/GRU, also inside `TimeDistributed` and `Bidirectional`)
     is wrapped (except an EinsumDense whose kernel is not 2-D, which has
-    no defined output unit), and every `keras.layers.BatchNormalization` (that exact
-    class) is replaced, with the trained weights carried over. The original
+    no defined output unit), and every `keras.layers.BatchNormalization` and
+    `keras.layers.LayerNormalization` (those exact classes) is replaced, with
+    the trained weights carried over. The original
     model is unchanged; Sequential and functional models (nested ones too)
     are supported.
 
@@ -521,10 +558,24 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
             moving_variance) are carried over; a replacement without some
             of them (mean-only has no gamma) drops those.
         layer_filter: optional `layer -> bool`, called with each supported
-            layer and each BatchNormalization of the original model; `False`
+            layer and each BatchNormalization (and LayerNormalization) of the
+            original model; `False`
             leaves that layer as it is (e.g. skip the final classifier, as
             the norm-matters ResNets do). Layers inside custom layers are
             not visited (the custom layer is copied as it is).
+
+        layer_norm: `None`, or what replaces each `keras.layers.LayerNormalization`
+            (that exact class): `"l1"` (`L1LayerNormalization`), `"l2"`
+            (`LpLayerNormalization(p=2)`, numerically the same as Keras's),
+            `"linf"` (`LpLayerNormalization(p="inf")`), a dict of
+            `LpLayerNormalization` arguments such as `{"p": float("inf"),
+            "top_k": 10}`, or a callable taking the LayerNormalization layer.
+            Its configuration (axis, epsilon, center, scale, initializers,
+            ...) and gamma and beta are carried over. Keras's deprecated
+            `rms_scaling=True` divides by the centered variance without
+            subtracting the mean; the replacement's `rms_scaling=True` is
+            the uncentered (RMSNorm) form, so such layers change their outputs
+            even with `"l2"`. `keras.layers.RMSNormalization` is left as it is.
 
     Returns:
         A new model (compiled with the same settings when `model` was
@@ -532,6 +583,7 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
     """
     wrap = _weight_norm_factory(weight_norm)
     replace_bn = _batch_norm_factory(batch_norm)
+    replace_ln = _layer_norm_factory(layer_norm)
     if layer_filter is not None and not callable(layer_filter):
         raise ValueError(f"`layer_filter` must be a callable or None; received {layer_filter!r}.")
     selected = layer_filter or (lambda layer: True)
@@ -550,6 +602,12 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None):
             and selected(layer)
         ):
             return replace_bn(layer)
+        if (
+            replace_ln is not None
+            and type(layer) is keras.layers.LayerNormalization
+            and selected(layer)
+        ):
+            return replace_ln(layer)
         return _fresh_copy(layer)
 
     return _transform_model(model, transform, "convert_model")

@@ -1,0 +1,360 @@
+"""Lp layer normalization (the Transformer rows of "Norm matters", Hoffer et
+al., NeurIPS 2018).
+
+`LpLayerNormalization` normalizes each example over its features (one axis or
+several, as `keras.layers.LayerNormalization`) by the Lp estimate of the
+standard deviation of SPEC section 4; `L1LayerNormalization` is its p=1
+preset. `rms_scaling=True` gives the uncentered form, the Lp counterpart of
+RMSNorm. The statistics are `tfnorms.ops.lp_statistics`, the same code as the
+batch norms' (there per channel over the batch, here per example over the
+features).
+
+`PerExampleLpNormalization` holds what layer and group normalization share
+(`tfnorms.group_norm` builds on it).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfnorms import _validation
+from tfnorms import ops as norm_ops
+
+
+class PerExampleLpNormalization(keras.layers.Layer):
+    """The arguments, variables and dtype policy shared by Lp layer and group
+    normalization: statistics per example (nothing moves between batches, so
+    training and inference compute the same thing and there are no moving
+    statistics), a learned per-feature `gamma` and `beta`.
+
+    Subclasses set `self._axes` in `build` and compute in `call`.
+    """
+
+    def __init__(
+        self,
+        p=2,
+        top_k=None,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        low_precision=False,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.p = _validation.norm_order("p", p)
+        self.top_k = _validation.top_k_for_order(top_k, self.p)
+        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        self.center = _validation.boolean("center", center)
+        self.scale = _validation.boolean("scale", scale)
+        self.beta_initializer = _validation.initializer("beta_initializer", beta_initializer)
+        self.gamma_initializer = _validation.initializer("gamma_initializer", gamma_initializer)
+        self.beta_regularizer = _validation.regularizer("beta_regularizer", beta_regularizer)
+        self.gamma_regularizer = _validation.regularizer("gamma_regularizer", gamma_regularizer)
+        self.beta_constraint = _validation.constraint("beta_constraint", beta_constraint)
+        self.gamma_constraint = _validation.constraint("gamma_constraint", gamma_constraint)
+        self.low_precision = _validation.boolean("low_precision", low_precision)
+        self.supports_masking = True
+        # As Keras's layer and group norms: inputs keep their dtype (a float32
+        # input under mixed_float16 is not rounded to float16 first).
+        self.autocast = False
+        self.gamma = None
+        self.beta = None
+
+    def _add_affine_weights(self, shape, with_gamma, with_beta):
+        """gamma then beta, Keras's order and names, so weights move both ways."""
+        if with_gamma:
+            self.gamma = self.add_weight(
+                shape=shape,
+                name="gamma",
+                initializer=self.gamma_initializer,
+                regularizer=self.gamma_regularizer,
+                constraint=self.gamma_constraint,
+                trainable=True,
+                autocast=False,
+            )
+        if with_beta:
+            self.beta = self.add_weight(
+                shape=shape,
+                name="beta",
+                initializer=self.beta_initializer,
+                regularizer=self.beta_regularizer,
+                constraint=self.beta_constraint,
+                trainable=True,
+                autocast=False,
+            )
+
+    def _working_inputs(self, inputs):
+        return ops.cast(inputs, norm_ops.working_dtype(inputs.dtype, self.low_precision))
+
+    def _statistics(self, x, kept, mask, center=True):
+        """Per-example mean and sigma_p**2, expanded to broadcast against x."""
+        mean, variance = norm_ops.lp_statistics(
+            x, kept, p=self.p, top_k=self.top_k, mask=mask, center=center
+        )
+        ndim = len(x.shape)
+        return (
+            norm_ops.expand_statistics(mean, ndim, kept),
+            norm_ops.expand_statistics(variance, ndim, kept),
+        )
+
+    @staticmethod
+    def _varying_mask(mask, reduced):
+        """The mask when it can differ between the elements of one statistic
+        (it varies along a reduced axis); otherwise None. A mask that varies
+        only along the kept axes (e.g. over time steps when each time step is
+        normalized over its own features) leaves the statistics as Keras's."""
+        if mask is None or all(mask.shape[a] == 1 for a in reduced):
+            return None
+        return mask
+
+    def _check_mask_rank(self, inputs, mask, without):
+        if len(mask.shape) != len(inputs.shape) - 1:
+            raise ValueError(
+                f"Layer '{self.name}' takes a mask with one dimension less than its "
+                f"inputs (all but the {without} axis); received mask.shape={mask.shape}, "
+                f"inputs.shape={inputs.shape}."
+            )
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                # "inf" rather than float("inf"): JSON has no infinity.
+                "p": "inf" if math.isinf(self.p) else self.p,
+                "top_k": self.top_k,
+                "epsilon": self.epsilon,
+                "center": self.center,
+                "scale": self.scale,
+                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
+                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
+                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
+                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
+                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
+                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
+                "low_precision": self.low_precision,
+            }
+        )
+        return config
+
+
+def _layer_axes(axis):
+    """`axis` as given (an int or a list of ints), checked."""
+    allowed = "an integer or a non-empty list/tuple of distinct integers"
+    if isinstance(axis, (list, tuple)):
+        if not axis:
+            raise ValueError(f"`axis` must be {allowed}; received {axis!r}.")
+        values = [_validation.integer("axis", a) for a in axis]
+        return values
+    return _validation.integer("axis", axis)
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class LpLayerNormalization(PerExampleLpNormalization):
+    """Layer normalization with an Lp estimate of the standard deviation.
+
+    Per example, over the `n` elements of the `axis` axes (the features):
+
+        mu        = mean(x)
+        sigma_p   = C_p * mean(|x - mu|**p)**(1/p)            1 <= p < inf
+        sigma_inf = C_inf(n) * max|x - mu|                    p = inf
+                  = C_inf(n) * mean of the top_k largest |x - mu|
+        y         = gamma * (x - mu) / sqrt(sigma_p**2 + epsilon) + beta
+
+    with the constants of `LpBatchNormalization` (C_1 = sqrt(pi/2), C_2 = 1,
+    `C_inf(n) = (1 + sqrt(pi ln 4)) / (2 sqrt(2 ln n))`, n < 2 counted as 2),
+    so that `sigma_p` estimates the standard deviation of Gaussian features.
+    `gamma` and `beta` span the `axis` axes, as in Keras. `p=2` is
+    `keras.layers.LayerNormalization` (same epsilon placement, variables and
+    float32 statistics), so weights load from one into the other. The
+    Norm-matters supplement (Table 2) trains the Transformer on WMT14 with L1
+    layer norm (`L1LayerNormalization`).
+
+    With `rms_scaling=True` the scale is taken around zero instead of the
+    mean (the Lp counterpart of RMSNorm):
+
+        sigma_p = C_p * mean(|x|**p)**(1/p)       (C_inf(n) * max|x| for p = inf)
+        y       = gamma * x / sqrt(sigma_p**2 + epsilon)
+
+    At `p=2` this is `keras.layers.RMSNormalization` (`x * rsqrt(mean(x**2) +
+    epsilon) * scale`; mind its default epsilon of 1e-6). As in Keras's
+    `LayerNormalization(rms_scaling=True)`, there is then always a `gamma`
+    and never a `beta` (`center` and `scale` are not used). Keras's own
+    `rms_scaling=True`, deprecated since Keras 3.9, divides by the centered
+    variance without subtracting the mean, which is neither form; this layer
+    does not reproduce it.
+
+    Args:
+        p: the order of the norm, a real number >= 1, or infinity
+            (`float("inf")`, `numpy.inf` or `"inf"`). Very large finite p can
+            overflow `|x - mu|**p`; use p = inf instead.
+        top_k: with p = inf only: average the k largest deviations instead
+            of taking the maximum. `None` (or 1) is the maximum.
+        axis: the axis or axes normalized over (an integer or a list of
+            integers, as Keras); the other axes (the batch, time steps, ...)
+            each get their own statistics.
+        epsilon: added to `sigma_p**2` before the square root, > 0.
+        center: add the learned offset `beta`.
+        scale: multiply by the learned scale `gamma`.
+        rms_scaling: the uncentered form above.
+        beta_initializer: initializer of `beta` (default zeros).
+        gamma_initializer: initializer of `gamma` (default ones).
+        beta_regularizer: regularizer of `beta`, as in Keras layers.
+        gamma_regularizer: regularizer of `gamma`.
+        beta_constraint: constraint on `beta`.
+        gamma_constraint: constraint on `gamma`.
+        low_precision: compute the statistics and the normalization in the
+            input's own dtype (float16/bfloat16) instead of float32 (the
+            backends' mean reductions still accumulate in float32). With
+            float16 features of magnitude ~1000, p=2 overflows (squares >
+            65504) where p=1 and p=inf stay finite. Default `False`, as Keras.
+        **kwargs: base layer arguments (`name`, `dtype`, ...).
+
+    Call arguments:
+        inputs: a tensor of rank >= 1.
+        training: accepted and unused: the statistics are per example, the
+            same in training and in inference (there are no moving statistics).
+        mask: optional, the input's shape without the last axis (Keras's
+            convention, e.g. from `Embedding(mask_zero=True)`). It passes
+            through to the next layer. It enters the statistics only when
+            `axis` spans a masked axis (e.g. `axis=[1, 2]` over time and
+            features): then only the valid positions count. With the usual
+            `axis=-1` every position is normalized over its own features and
+            the statistics are Keras's.
+    """
+
+    def __init__(
+        self,
+        p=2,
+        top_k=None,
+        axis=-1,
+        epsilon=1e-3,
+        center=True,
+        scale=True,
+        rms_scaling=False,
+        beta_initializer="zeros",
+        gamma_initializer="ones",
+        beta_regularizer=None,
+        gamma_regularizer=None,
+        beta_constraint=None,
+        gamma_constraint=None,
+        low_precision=False,
+        **kwargs,
+    ):
+        super().__init__(
+            p=p,
+            top_k=top_k,
+            epsilon=epsilon,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
+            low_precision=low_precision,
+            **kwargs,
+        )
+        self.axis = _layer_axes(axis)
+        self.rms_scaling = _validation.boolean("rms_scaling", rms_scaling)
+        self._axes = None
+
+    def _normalized_axes(self, ndim):
+        axes = self.axis if isinstance(self.axis, list) else [self.axis]
+        resolved = [_validation.axis_in_range("axis", a, ndim, self.name) for a in axes]
+        if len(set(resolved)) != len(resolved):
+            raise ValueError(
+                f"`axis` names an axis twice for the {ndim}-D input of layer "
+                f"'{self.name}'; received axis={self.axis!r}."
+            )
+        return tuple(sorted(resolved))
+
+    def build(self, input_shape):
+        ndim = len(input_shape)
+        self._axes = self._normalized_axes(ndim)
+        shape = tuple(input_shape[a] for a in self._axes)
+        if any(d is None for d in shape):
+            raise ValueError(
+                f"Layer '{self.name}' needs known sizes on its axes {self.axis!r}; "
+                f"received input shape {tuple(input_shape)}."
+            )
+        self.input_spec = keras.layers.InputSpec(
+            ndim=ndim, axes={a: input_shape[a] for a in self._axes}
+        )
+        # Keras's rule: rms_scaling always has gamma and never beta.
+        self._add_affine_weights(
+            shape,
+            with_gamma=self.scale or self.rms_scaling,
+            with_beta=self.center and not self.rms_scaling,
+        )
+
+    def compute_output_shape(self, input_shape):
+        self._normalized_axes(len(input_shape))
+        return input_shape
+
+    def _feature_weight(self, variable, ndim):
+        if variable is None:
+            return None
+        shape = [1] * ndim
+        for a in self._axes:
+            shape[a] = variable.shape[self._axes.index(a)]
+        return ops.reshape(variable, shape)
+
+    def call(self, inputs, training=None, mask=None):
+        x = self._working_inputs(inputs)
+        ndim = len(x.shape)
+        kept = tuple(i for i in range(ndim) if i not in self._axes)
+        if mask is not None:
+            self._check_mask_rank(inputs, mask, "last")
+            mask = self._varying_mask(ops.expand_dims(ops.cast(mask, "bool"), -1), self._axes)
+        center = not self.rms_scaling
+        mean, variance = self._statistics(x, kept, mask, center=center)
+        outputs = norm_ops.normalize_broadcast(
+            x,
+            mean if center else None,
+            variance,
+            gamma=self._feature_weight(self.gamma, ndim),
+            beta=self._feature_weight(self.beta, ndim),
+            epsilon=self.epsilon,
+        )
+        return ops.cast(outputs, self.compute_dtype)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"axis": self.axis, "rms_scaling": self.rms_scaling})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms")
+class L1LayerNormalization(LpLayerNormalization):
+    """`LpLayerNormalization(p=1)`: sigma = sqrt(pi/2) * mean|x - mu| per
+    example, the layer norm of the Norm-matters Transformer (supplement,
+    Table 2).
+
+    Takes every argument of `LpLayerNormalization` except `p` and `top_k`.
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        if "p" in kwargs:
+            raise ValueError(
+                f"{type(self).__name__} fixes p=1; received p={kwargs['p']!r}. Use "
+                "LpLayerNormalization for other orders."
+            )
+        super().__init__(p=1, axis=axis, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        del config["p"], config["top_k"]
+        return config
