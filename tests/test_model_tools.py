@@ -559,3 +559,17 @@ def test_convert_resnet_and_mobilenet_train_save_and_load(tmp_path, rng):
     train_one_step(converted, x, y)
     cases.append((converted, x))
     assert_keras_roundtrip_fresh_process(cases, tmp_path, atol=1e-5)
+
+
+def test_convert_model_keeps_operator_nodes_of_functional_models():
+    """`h + x` in a functional model is an operation node, not a layer:
+    conversion must replay it (Transformer-style residuals)."""
+    inputs = keras.Input((6,))
+    h = keras.layers.Dense(6)(inputs)
+    outputs = keras.layers.Dense(2)(h + inputs)
+    model = keras.Model(inputs, outputs)
+    converted = tfnorms.convert_model(model, weight_norm="wn")
+    x = np.random.default_rng(0).normal(size=(4, 6)).astype("float32")
+    np.testing.assert_allclose(
+        converted.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
+    )

@@ -275,6 +275,8 @@ def _copy_by_name(old, new):
 
 def _copy_weights(old, new):
     """After the cloned model is built: give `new` the weights of `old`."""
+    if not isinstance(old, keras.layers.Layer):
+        return  # an operation node such as `h + x`: nothing to copy
     if isinstance(old, KernelNormWrapper) and not isinstance(new, KernelNormWrapper):
         new.set_weights(old.plain_weights())  # strip
     elif isinstance(new, KernelNormWrapper) and not isinstance(old, KernelNormWrapper):
@@ -309,10 +311,11 @@ def _transform_model(model, transform, what):
     def call_function(layer, *args, **kwargs):
         # A functional graph replays each layer's recorded call arguments; a
         # plain layer replacing a wrapper (or the reverse) may not take
-        # `mask`/`training`.
-        if not layer._call_has_mask_arg:
+        # `mask`/`training`. Operations such as `h + x` are graph nodes that
+        # are not layers and have neither attribute: leave their kwargs.
+        if not getattr(layer, "_call_has_mask_arg", True):
             kwargs.pop("mask", None)
-        if not layer._call_has_training_arg:
+        if not getattr(layer, "_call_has_training_arg", True):
             kwargs.pop("training", None)
         return layer(*args, **kwargs)
 
