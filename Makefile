@@ -17,8 +17,8 @@ venv: $(PY)
 # ruff, then the whole suite on TensorFlow, then the backend-agnostic tests on JAX.
 test: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
-	$(PY) -m ruff check tfnorms tests examples benchmarks
-	$(PY) -m ruff format --check tfnorms tests examples benchmarks
+	$(PY) -m ruff check tfnorms tests examples benchmarks scripts
+	$(PY) -m ruff format --check tfnorms tests examples benchmarks scripts
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 tests
 	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only" tests
 
@@ -52,11 +52,11 @@ wheel-check: $(PY)
 ci: test docs wheel-check
 
 lint: $(PY)
-	$(PY) -m ruff check tfnorms tests examples benchmarks
-	$(PY) -m ruff format --check tfnorms tests examples benchmarks
+	$(PY) -m ruff check tfnorms tests examples benchmarks scripts
+	$(PY) -m ruff format --check tfnorms tests examples benchmarks scripts
 
 format: $(PY)
-	$(PY) -m ruff format tfnorms tests examples benchmarks
+	$(PY) -m ruff format tfnorms tests examples benchmarks scripts
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info outputs .pytest_cache site

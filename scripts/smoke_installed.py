@@ -36,15 +36,16 @@ model.fit(x, np.zeros((16, 2), "float32"), epochs=1, verbose=0)
 with tempfile.TemporaryDirectory() as tmp:
     path = os.path.join(tmp, "m.keras")
     model.save(path)
-    np.save(os.path.join(tmp, "x.npy"), x)
+    x_path, y_path = os.path.join(tmp, "x.npy"), os.path.join(tmp, "y.npy")
     code = (
-        "import sys, numpy as np, keras, tfnorms;"
+        "import numpy as np, keras, tfnorms;"
         f"m = keras.saving.load_model({path!r});"
-        f"np.save({os.path.join(tmp, 'y.npy')!r}, m.predict(np.load({os.path.join(tmp, 'x.npy')!r}),"
-        " verbose=0))"
+        f"np.save({y_path!r}, m.predict(np.load({x_path!r}), verbose=0))"
     )
+    np.save(x_path, x)
     subprocess.run([sys.executable, "-c", code], check=True, cwd=tmp)
-    np.testing.assert_allclose(np.load(os.path.join(tmp, "y.npy")), model.predict(x, verbose=0),
-                               atol=1e-6)
-print(f"tfnorms {tfnorms.__version__} from {here}: {len(layers) - 1} public layers, "
-      "save/load in a fresh process OK")
+    np.testing.assert_allclose(np.load(y_path), model.predict(x, verbose=0), atol=1e-6)
+print(
+    f"tfnorms {tfnorms.__version__} from {here}: {len(layers) - 1} public layers, "
+    "save/load in a fresh process OK"
+)

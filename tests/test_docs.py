@@ -34,7 +34,11 @@ def test_snippets_run(page, tmp_path):
     source = "\n\n".join(python_blocks(page))
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
     result = subprocess.run(
-        [sys.executable, "-c", source], cwd=tmp_path, env=env, capture_output=True,
-        text=True, timeout=600,
+        [sys.executable, "-c", source],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, f"{page}:\n{result.stderr[-4000:]}"
