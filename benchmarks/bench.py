@@ -91,12 +91,13 @@ def resnet20(wrap=lambda layer: layer, norm=None, width=16):
             y = layers.ReLU()(bn()(conv(filters, stride)(x)))
             y = bn()(conv(filters)(y))
             if stride != 1:  # option A: subsample and zero-pad the channels
-                pad = (filters - x.shape[-1]) // 2
-                x = layers.Lambda(
-                    lambda t, p=pad: keras.ops.pad(
-                        t[:, ::2, ::2, :], [[0, 0], [0, 0], [0, 0], [p, p]]
-                    )
-                )(x)
+                # Built-in layers only (no Lambda), so that tfnorms.strip can clone it.
+                x = layers.MaxPooling2D(pool_size=1, strides=2)(x)
+                h, w, c = x.shape[1:]
+                pad = (filters - c) // 2
+                x = layers.Reshape((h, w, c, 1))(x)
+                x = layers.ZeroPadding3D(((0, 0), (0, 0), (pad, pad)))(x)
+                x = layers.Reshape((h, w, filters))(x)
             x = layers.ReLU()(layers.Add()([x, y]))
     x = layers.GlobalAveragePooling2D()(x)
     outputs = wrap(layers.Dense(10))(x)
