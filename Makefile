@@ -14,13 +14,14 @@ $(PY):
 
 venv: $(PY)
 
-# ruff, then the whole suite on TensorFlow, then the backend-agnostic tests on JAX.
+# ruff, then the whole suite on TensorFlow, then the backend-agnostic tests on JAX
+# (less the few marked slow, which train whole zoo models: they ran on TensorFlow).
 test: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
 	$(PY) -m ruff check tfnorms tests examples benchmarks scripts
 	$(PY) -m ruff format --check tfnorms tests examples benchmarks scripts
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 tests
-	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only" tests
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only and not slow" tests
 
 # The main job: the digits comparison of every normalization.
 demo: $(PY)
