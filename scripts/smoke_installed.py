@@ -19,18 +19,18 @@ here = os.path.dirname(os.path.abspath(tfnorms.__file__))
 assert "site-packages" in here, f"tfnorms imported from {here}, not from the installed wheel"
 assert os.path.exists(os.path.join(here, "py.typed")), "py.typed marker missing"
 
-layers = [keras.Input((8,))]
+layers = [keras.Input((32,))]  # 32: divisible by the default 32 groups
 for name in tfnorms.__all__:
     obj = getattr(tfnorms, name)
     if isinstance(obj, type) and issubclass(obj, keras.layers.Wrapper):
-        layers.append(obj(keras.layers.Dense(8, activation="relu")))
+        layers.append(obj(keras.layers.Dense(32, activation="relu")))
     elif isinstance(obj, type) and issubclass(obj, keras.layers.Layer):
         try:
             layers.append(obj())
         except TypeError:
             pass  # layers with required arguments are covered by the test suite
 model = keras.Sequential(layers + [keras.layers.Dense(2)])
-x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+x = np.random.default_rng(0).normal(size=(16, 32)).astype("float32")
 model.compile("sgd", "mse")
 model.fit(x, np.zeros((16, 2), "float32"), epochs=1, verbose=0)
 with tempfile.TemporaryDirectory() as tmp:
