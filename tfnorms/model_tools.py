@@ -420,22 +420,25 @@ def _batch_norm_kwargs(cls, bn_config):
     return {k: v for k, v in bn_config.items() if k in accepted}
 
 
-def _batch_norm_factory(batch_norm):
-    if batch_norm is None:
+def _norm_replacement_factory(argument, value, presets, replaced):
+    """What replaces each normalization layer of class `replaced`: the
+    preset's or dict's Lp class built from the layer's configuration, or the
+    user's callable. `argument` names the convert_model argument in errors."""
+    if value is None:
         return None
-    if callable(batch_norm) and not isinstance(batch_norm, (str, dict)):
-        return batch_norm
-    if isinstance(batch_norm, dict):
-        cls, extra = _batch_norm_class("LpBatchNormalization"), dict(batch_norm)
-    elif isinstance(batch_norm, str) and batch_norm in _BATCH_NORM_PRESETS:
-        class_name, extra = _BATCH_NORM_PRESETS[batch_norm]
+    if callable(value) and not isinstance(value, (str, dict)):
+        return value
+    default_class = presets["l2"][0]
+    if isinstance(value, dict):
+        cls, extra = _batch_norm_class(default_class), dict(value)
+    elif isinstance(value, str) and value in presets:
+        class_name, extra = presets[value]
         cls = _batch_norm_class(class_name)
     else:
         raise ValueError(
-            "`batch_norm` must be None, one of "
-            f"{sorted(_BATCH_NORM_PRESETS)}, a dict of LpBatchNormalization arguments "
-            "(e.g. {'p': float('inf'), 'top_k': 10}) or a callable taking the "
-            f"BatchNormalization layer; received {batch_norm!r}."
+            f"`{argument}` must be None, one of {sorted(presets)}, a dict of "
+            f"{default_class} arguments (e.g. {{'p': float('inf'), 'top_k': 10}}) or a "
+            f"callable taking the {replaced} layer; received {value!r}."
         )
 
     def make(layer):
@@ -451,35 +454,6 @@ _LAYER_NORM_PRESETS = {
     "l2": ("LpLayerNormalization", {"p": 2}),
     "linf": ("LpLayerNormalization", {"p": "inf"}),
 }
-
-
-def _layer_norm_factory(layer_norm):
-    """What replaces each LayerNormalization: an LpLayerNormalization with the
-    layer's configuration and the preset's or dict's arguments, or the
-    user's callable."""
-    if layer_norm is None:
-        return None
-    if callable(layer_norm) and not isinstance(layer_norm, (str, dict)):
-        return layer_norm
-    if isinstance(layer_norm, dict):
-        cls, extra = _batch_norm_class("LpLayerNormalization"), dict(layer_norm)
-    elif isinstance(layer_norm, str) and layer_norm in _LAYER_NORM_PRESETS:
-        class_name, extra = _LAYER_NORM_PRESETS[layer_norm]
-        cls = _batch_norm_class(class_name)
-    else:
-        raise ValueError(
-            "`layer_norm` must be None, one of "
-            f"{sorted(_LAYER_NORM_PRESETS)}, a dict of LpLayerNormalization arguments "
-            "(e.g. {'p': float('inf'), 'top_k': 10}) or a callable taking the "
-            f"LayerNormalization layer; received {layer_norm!r}."
-        )
-
-    def make(layer):
-        kwargs = _batch_norm_kwargs(cls, layer.get_config())
-        kwargs.update(extra)
-        return cls(**kwargs)
-
-    return make
 
 
 def _weight_norm_factory(weight_norm):
@@ -585,8 +559,12 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None, l
         compiled, as `keras.models.clone_model` does).
     """
     wrap = _weight_norm_factory(weight_norm)
-    replace_bn = _batch_norm_factory(batch_norm)
-    replace_ln = _layer_norm_factory(layer_norm)
+    replace_bn = _norm_replacement_factory(
+        "batch_norm", batch_norm, _BATCH_NORM_PRESETS, "BatchNormalization"
+    )
+    replace_ln = _norm_replacement_factory(
+        "layer_norm", layer_norm, _LAYER_NORM_PRESETS, "LayerNormalization"
+    )
     if layer_filter is not None and not callable(layer_filter):
         raise ValueError(f"`layer_filter` must be a callable or None; received {layer_filter!r}.")
     selected = layer_filter or (lambda layer: True)
