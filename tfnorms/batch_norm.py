@@ -15,12 +15,14 @@ reduction (`synchronized=True`) is `tfnorms.distribute`.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
 
 from tfnorms import _validation, distribute
 from tfnorms import ops as norm_ops
+from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 
 
 class BatchStatisticsLayer(keras.layers.Layer):
@@ -32,7 +34,14 @@ class BatchStatisticsLayer(keras.layers.Layer):
     `build`) and compute in `call`.
     """
 
-    def __init__(self, axis=-1, momentum=0.99, synchronized=False, low_precision=False, **kwargs):
+    def __init__(
+        self,
+        axis: int = -1,
+        momentum: float = 0.99,
+        synchronized: bool = False,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.axis = _validation.integer("axis", axis)
         self.momentum = _validation.unit_interval("momentum", momentum)
@@ -41,7 +50,7 @@ class BatchStatisticsLayer(keras.layers.Layer):
         self.supports_masking = True
         self._channel_axis = None
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> tuple[int]:
         ndim = len(input_shape)
         self._channel_axis = _validation.axis_in_range("axis", self.axis, ndim, self.name)
         channels = input_shape[self._channel_axis]
@@ -53,7 +62,7 @@ class BatchStatisticsLayer(keras.layers.Layer):
         self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self.axis: channels})
         return (channels,)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         _validation.axis_in_range("axis", self.axis, len(input_shape), self.name)
         return input_shape
 
@@ -93,7 +102,7 @@ class BatchStatisticsLayer(keras.layers.Layer):
     def _cast_variable(self, variable, dtype):
         return None if variable is None else ops.cast(variable, dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -182,25 +191,25 @@ class LpBatchNormalization(BatchStatisticsLayer):
 
     def __init__(
         self,
-        p=2,
-        top_k=None,
-        axis=-1,
-        momentum=0.99,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        moving_mean_initializer="zeros",
-        moving_variance_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        synchronized=False,
-        low_precision=False,
-        **kwargs,
-    ):
+        p: float | str = 2,
+        top_k: int | None = None,
+        axis: int = -1,
+        momentum: float = 0.99,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: InitializerLike = "zeros",
+        gamma_initializer: InitializerLike = "ones",
+        moving_mean_initializer: InitializerLike = "zeros",
+        moving_variance_initializer: InitializerLike = "ones",
+        beta_regularizer: RegularizerLike = None,
+        gamma_regularizer: RegularizerLike = None,
+        beta_constraint: ConstraintLike = None,
+        gamma_constraint: ConstraintLike = None,
+        synchronized: bool = False,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             momentum=momentum,
@@ -235,7 +244,7 @@ class LpBatchNormalization(BatchStatisticsLayer):
         self.moving_mean = None
         self.moving_variance = None
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         shape = super().build(input_shape)
         # Keras's order and names, so that weights move both ways.
         if self.scale:
@@ -273,7 +282,9 @@ class LpBatchNormalization(BatchStatisticsLayer):
             autocast=False,
         )
 
-    def call(self, inputs, training=None, mask=None):
+    def call(
+        self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         mask = self._channel_mask(inputs, mask)
         x = self._working_inputs(inputs)
         dtype = norm_ops.statistics_dtype(x.dtype)
@@ -302,7 +313,7 @@ class LpBatchNormalization(BatchStatisticsLayer):
         )
         return ops.cast(outputs, self.compute_dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -344,11 +355,11 @@ class L1BatchNormalization(LpBatchNormalization):
     Takes every argument of `LpBatchNormalization` except `p` and `top_k`.
     """
 
-    def __init__(self, axis=-1, **kwargs):
+    def __init__(self, axis: int = -1, **kwargs: Any) -> None:
         _refuse_p(type(self), kwargs, 1)
         super().__init__(p=1, axis=axis, **kwargs)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["p"], config["top_k"]
         return config
@@ -362,11 +373,11 @@ class LinfBatchNormalization(LpBatchNormalization):
     Takes every argument of `LpBatchNormalization` except `p`.
     """
 
-    def __init__(self, top_k=None, axis=-1, **kwargs):
+    def __init__(self, top_k: int | None = None, axis: int = -1, **kwargs: Any) -> None:
         _refuse_p(type(self), kwargs, "inf")
         super().__init__(p="inf", top_k=top_k, axis=axis, **kwargs)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["p"]
         return config

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
@@ -42,7 +44,14 @@ class BoundedWeightNorm(KernelNormWrapper):
     (2, 3)
     """
 
-    def __init__(self, layer, rho=None, per_unit_gain=False, epsilon=1e-12, **kwargs):
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        rho: float | None = None,
+        per_unit_gain: bool = False,
+        epsilon: float = 1e-12,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, epsilon=epsilon, **kwargs)
         self.rho = _validation.positive_float("rho", rho, allow_none=True)
         self.per_unit_gain = _validation.boolean("per_unit_gain", per_unit_gain)
@@ -96,15 +105,15 @@ class BoundedWeightNorm(KernelNormWrapper):
             epsilon=self.epsilon,
         )
 
-    def rho_variables(self):
+    def rho_variables(self) -> dict[str, keras.Variable]:
         """`{kernel name: rho}` (rho_F with `per_unit_gain=True`)."""
         return dict(self._rhos)
 
-    def scale_variables(self):
+    def scale_variables(self) -> dict[str, keras.Variable]:
         """`{kernel name: g}` (empty unless `per_unit_gain=True`)."""
         return dict(self._gains)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"rho": self.rho, "per_unit_gain": self.per_unit_gain})
         return config

@@ -34,11 +34,13 @@ stays zero (Keras's `UnitNorm` adds its epsilon to the norm instead).
 from __future__ import annotations
 
 import numbers
+from typing import Any
 
 import keras
 
 from tfnorms import _validation, axes
 from tfnorms import ops as norm_ops
+from tfnorms._types import Axes, Tensor
 
 
 def _axes_argument(name, value):
@@ -62,7 +64,13 @@ class _UnitConstraint(keras.constraints.Constraint):
 
     _center = False
 
-    def __init__(self, axis=None, value=1.0, unit_axes=None, epsilon=1e-12):
+    def __init__(
+        self,
+        axis: Axes | None = None,
+        value: float = 1.0,
+        unit_axes: Axes | None = None,
+        epsilon: float = 1e-12,
+    ) -> None:
         axis = _axes_argument("axis", axis)
         unit_axes = _axes_argument("unit_axes", unit_axes)
         if axis is not None and unit_axes is not None:
@@ -76,7 +84,7 @@ class _UnitConstraint(keras.constraints.Constraint):
         self.value = _validation.positive_float("value", value)
         self.epsilon = _validation.positive_float("epsilon", epsilon)
 
-    def kernel_axes(self, rank) -> axes.KernelAxes:
+    def kernel_axes(self, rank: int) -> axes.KernelAxes:
         """The `KernelAxes` of a kernel of this rank under this constraint."""
         for given in (self.axis, self.unit_axes):
             if given is not None and not all(-rank <= a < rank for a in given):
@@ -92,7 +100,7 @@ class _UnitConstraint(keras.constraints.Constraint):
             unit = (-1,)
         return axes.kernel_axes("kernel", rank, unit)
 
-    def __call__(self, w):
+    def __call__(self, w: Tensor) -> Tensor:
         w = keras.ops.convert_to_tensor(w)
         kernel_axes = self.kernel_axes(len(w.shape))
         projected = norm_ops.unit_normalize(
@@ -101,7 +109,9 @@ class _UnitConstraint(keras.constraints.Constraint):
         return projected * keras.ops.cast(self.value, projected.dtype)
 
     @classmethod
-    def for_layer(cls, layer, **kwargs):
+    def for_layer(
+        cls, layer: keras.layers.Layer | type[keras.layers.Layer], **kwargs: Any
+    ) -> dict[str, _UnitConstraint]:
         """Constructor arguments that constrain every kernel of `layer`.
 
         Args:
@@ -111,8 +121,8 @@ class _UnitConstraint(keras.constraints.Constraint):
 
         Returns:
             `{argument name: constraint}`, for example
-            `{"kernel_constraint": ..., "recurrent_constraint": ...}` for an
-            LSTM; pass it on with `**`.
+                `{"kernel_constraint": ..., "recurrent_constraint": ...}` for an
+                LSTM; pass it on with `**`.
         """
         if "axis" in kwargs or "unit_axes" in kwargs:
             raise ValueError(
@@ -124,7 +134,7 @@ class _UnitConstraint(keras.constraints.Constraint):
             for name, unit in axes.unit_axes_for(layer).items()
         }
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         return {
             "axis": None if self.axis is None else list(self.axis),
             "value": self.value,
@@ -157,7 +167,13 @@ class CenteredUnitNorm(_UnitConstraint):
 
     _center = True
 
-    def __init__(self, axis=None, value=1.0, unit_axes=None, epsilon=1e-12):
+    def __init__(
+        self,
+        axis: Axes | None = None,
+        value: float = 1.0,
+        unit_axes: Axes | None = None,
+        epsilon: float = 1e-12,
+    ) -> None:
         super().__init__(axis=axis, value=value, unit_axes=unit_axes, epsilon=epsilon)
 
 
@@ -182,5 +198,11 @@ class FixedNorm(_UnitConstraint):
     >>> conv = keras.layers.Conv2D(8, 3, kernel_constraint=tfnorms.FixedNorm(2.0))
     """
 
-    def __init__(self, value, axis=None, unit_axes=None, epsilon=1e-12):
+    def __init__(
+        self,
+        value: float,
+        axis: Axes | None = None,
+        unit_axes: Axes | None = None,
+        epsilon: float = 1e-12,
+    ) -> None:
         super().__init__(axis=axis, value=value, unit_axes=unit_axes, epsilon=epsilon)

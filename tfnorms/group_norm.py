@@ -6,11 +6,14 @@ and layer norms.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
 from tfnorms import _validation
 from tfnorms import ops as norm_ops
+from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 from tfnorms.layer_norm import PerExampleLpNormalization
 
 
@@ -78,22 +81,22 @@ class LpGroupNormalization(PerExampleLpNormalization):
 
     def __init__(
         self,
-        groups=32,
-        p=2,
-        top_k=None,
-        axis=-1,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        low_precision=False,
-        **kwargs,
-    ):
+        groups: int = 32,
+        p: float | str = 2,
+        top_k: int | None = None,
+        axis: int = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: InitializerLike = "zeros",
+        gamma_initializer: InitializerLike = "ones",
+        beta_regularizer: RegularizerLike = None,
+        gamma_regularizer: RegularizerLike = None,
+        beta_constraint: ConstraintLike = None,
+        gamma_constraint: ConstraintLike = None,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             p=p,
             top_k=top_k,
@@ -128,7 +131,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
             )
         return channel_axis
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         self._channel_axis = self._check_axis(ndim)
         channels = input_shape[self._channel_axis]
@@ -148,11 +151,13 @@ class LpGroupNormalization(PerExampleLpNormalization):
         self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self.axis: channels})
         self._add_affine_weights((channels,), with_gamma=self.scale, with_beta=self.center)
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._check_axis(len(input_shape))
         return input_shape
 
-    def call(self, inputs, training=None, mask=None):
+    def call(
+        self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         x = self._working_inputs(inputs)
         ndim, c = len(x.shape), self._channel_axis
         groups = self._groups_built
@@ -184,7 +189,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
         )
         return ops.cast(ops.reshape(outputs, shape), self.compute_dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"groups": self.groups, "axis": self.axis})
         return config

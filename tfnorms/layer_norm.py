@@ -16,12 +16,14 @@ features).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import keras
 from keras import ops
 
 from tfnorms import _validation
 from tfnorms import ops as norm_ops
+from tfnorms._types import Axes, ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 
 
 class PerExampleLpNormalization(keras.layers.Layer):
@@ -35,20 +37,20 @@ class PerExampleLpNormalization(keras.layers.Layer):
 
     def __init__(
         self,
-        p=2,
-        top_k=None,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        low_precision=False,
-        **kwargs,
-    ):
+        p: float | str = 2,
+        top_k: int | None = None,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        beta_initializer: InitializerLike = "zeros",
+        gamma_initializer: InitializerLike = "ones",
+        beta_regularizer: RegularizerLike = None,
+        gamma_regularizer: RegularizerLike = None,
+        beta_constraint: ConstraintLike = None,
+        gamma_constraint: ConstraintLike = None,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.p = _validation.norm_order("p", p)
         self.top_k = _validation.top_k_for_order(top_k, self.p)
@@ -124,10 +126,10 @@ class PerExampleLpNormalization(keras.layers.Layer):
                 f"inputs.shape={inputs.shape}."
             )
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         return input_shape
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {
@@ -236,22 +238,22 @@ class LpLayerNormalization(PerExampleLpNormalization):
 
     def __init__(
         self,
-        p=2,
-        top_k=None,
-        axis=-1,
-        epsilon=1e-3,
-        center=True,
-        scale=True,
-        rms_scaling=False,
-        beta_initializer="zeros",
-        gamma_initializer="ones",
-        beta_regularizer=None,
-        gamma_regularizer=None,
-        beta_constraint=None,
-        gamma_constraint=None,
-        low_precision=False,
-        **kwargs,
-    ):
+        p: float | str = 2,
+        top_k: int | None = None,
+        axis: Axes = -1,
+        epsilon: float = 1e-3,
+        center: bool = True,
+        scale: bool = True,
+        rms_scaling: bool = False,
+        beta_initializer: InitializerLike = "zeros",
+        gamma_initializer: InitializerLike = "ones",
+        beta_regularizer: RegularizerLike = None,
+        gamma_regularizer: RegularizerLike = None,
+        beta_constraint: ConstraintLike = None,
+        gamma_constraint: ConstraintLike = None,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             p=p,
             top_k=top_k,
@@ -281,7 +283,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
             )
         return tuple(sorted(resolved))
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         self._axes = self._normalized_axes(ndim)
         shape = tuple(input_shape[a] for a in self._axes)
@@ -300,7 +302,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
             with_beta=self.center and not self.rms_scaling,
         )
 
-    def compute_output_shape(self, input_shape):
+    def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._normalized_axes(len(input_shape))
         return input_shape
 
@@ -312,7 +314,9 @@ class LpLayerNormalization(PerExampleLpNormalization):
             shape[a] = variable.shape[self._axes.index(a)]
         return ops.reshape(variable, shape)
 
-    def call(self, inputs, training=None, mask=None):
+    def call(
+        self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         x = self._working_inputs(inputs)
         ndim = len(x.shape)
         kept = tuple(i for i in range(ndim) if i not in self._axes)
@@ -331,7 +335,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
         )
         return ops.cast(outputs, self.compute_dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update({"axis": self.axis, "rms_scaling": self.rms_scaling})
         return config
@@ -346,7 +350,7 @@ class L1LayerNormalization(LpLayerNormalization):
     Takes every argument of `LpLayerNormalization` except `p` and `top_k`.
     """
 
-    def __init__(self, axis=-1, **kwargs):
+    def __init__(self, axis: Axes = -1, **kwargs: Any) -> None:
         if "p" in kwargs:
             raise ValueError(
                 f"{type(self).__name__} fixes p=1; received p={kwargs['p']!r}. Use "
@@ -354,7 +358,7 @@ class L1LayerNormalization(LpLayerNormalization):
             )
         super().__init__(p=1, axis=axis, **kwargs)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         del config["p"], config["top_k"]
         return config

@@ -10,11 +10,14 @@ the centering.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import ops
 
 from tfnorms import _validation
 from tfnorms import ops as norm_ops
+from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 from tfnorms.batch_norm import BatchStatisticsLayer
 
 
@@ -48,17 +51,17 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
 
     def __init__(
         self,
-        axis=-1,
-        momentum=0.99,
-        center=True,
-        beta_initializer="zeros",
-        moving_mean_initializer="zeros",
-        beta_regularizer=None,
-        beta_constraint=None,
-        synchronized=False,
-        low_precision=False,
-        **kwargs,
-    ):
+        axis: int = -1,
+        momentum: float = 0.99,
+        center: bool = True,
+        beta_initializer: InitializerLike = "zeros",
+        moving_mean_initializer: InitializerLike = "zeros",
+        beta_regularizer: RegularizerLike = None,
+        beta_constraint: ConstraintLike = None,
+        synchronized: bool = False,
+        low_precision: bool = False,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(
             axis=axis,
             momentum=momentum,
@@ -76,7 +79,7 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
         self.beta = None
         self.moving_mean = None
 
-    def build(self, input_shape):
+    def build(self, input_shape: Shape) -> None:
         shape = super().build(input_shape)
         if self.center:
             self.beta = self.add_weight(
@@ -96,7 +99,9 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
             autocast=False,
         )
 
-    def call(self, inputs, training=None, mask=None):
+    def call(
+        self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
+    ) -> Tensor:
         mask = self._channel_mask(inputs, mask)
         x = self._working_inputs(inputs)
         dtype = norm_ops.statistics_dtype(x.dtype)
@@ -112,7 +117,7 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
         )
         return ops.cast(outputs, self.compute_dtype)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.update(
             {

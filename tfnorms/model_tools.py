@@ -7,11 +7,14 @@ import contextlib
 import copy
 import inspect
 import warnings
+from collections.abc import Callable
+from typing import Any
 
 import keras
 import numpy as np
 
 from tfnorms import axes
+from tfnorms._types import NormReplacement
 from tfnorms.bounded_weight_norm import BoundedWeightNorm
 from tfnorms.weight_norm import (
     NORM_INITIALIZER,
@@ -138,7 +141,7 @@ def _remove_call_hook(host):
         object.__delattr__(host, "call")
 
 
-def data_init(model, batch):
+def data_init(model: keras.Model, batch: Any) -> list[CenteredWeightNorm]:
     """Data-dependent initialization (Salimans & Kingma 2016, section 3).
 
     Runs `model(batch, training=False)` once, eagerly. At the first call of
@@ -353,7 +356,7 @@ def _strip_layer(layer):
     return rebuilt if rebuilt is not None else _fresh_copy(layer)
 
 
-def strip(model):
+def strip(model: keras.Model) -> keras.Model:
     """A copy of `model` with every weight-norm wrapper replaced by its plain
     inner layer, holding the effective kernels `W`.
 
@@ -492,7 +495,13 @@ def _wrappable(layer):
     return True
 
 
-def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None, layer_norm=None):
+def convert_model(
+    model: keras.Model,
+    weight_norm: str | Callable[[keras.layers.Layer], KernelNormWrapper] | None = None,
+    batch_norm: NormReplacement = None,
+    layer_filter: Callable[[keras.layers.Layer], bool] | None = None,
+    layer_norm: NormReplacement = None,
+) -> keras.Model:
     """A copy of `model` with weight normalization and/or Lp batch and layer norms.
 
     The opposite of `strip`: every layer with a kernel from SPEC section 1's
@@ -556,7 +565,7 @@ def convert_model(model, weight_norm=None, batch_norm=None, layer_filter=None, l
 
     Returns:
         A new model (compiled with the same settings when `model` was
-        compiled, as `keras.models.clone_model` does).
+            compiled, as `keras.models.clone_model` does).
     """
     wrap = _weight_norm_factory(weight_norm)
     replace_bn = _norm_replacement_factory(

@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import copy
 import inspect
+from typing import Any
 
 import keras
+import numpy as np
 from keras import ops
 
 from tfnorms import _validation, axes
 from tfnorms import ops as norm_ops
+from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 
 # Initializer name that starts the scale at each unit's initial norm, so that
 # the wrapped layer first computes what the bare layer (with a centered kernel
@@ -45,7 +48,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
     not taken around wrappers: each direction runs on its own.
     """
 
-    def __init__(self, layer, epsilon=1e-12, **kwargs):
+    def __init__(self, layer: keras.layers.Layer, epsilon: float = 1e-12, **kwargs: Any) -> None:
         if not isinstance(layer, keras.layers.Layer):
             raise TypeError(
                 f"{type(self).__name__} wraps a Keras layer; received {layer!r} of "
@@ -72,7 +75,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
         self._inner_call_args = ()
 
     # ------------------------------------------------------------------ build
-    def build(self, input_shape=None):
+    def build(self, input_shape: Shape | None = None) -> None:
         super().build(input_shape)  # builds the inner layer, creating V
         self._inner_input_shape = input_shape
         self._set_untracked("_kernels", axes.find_kernels(self.layer))
@@ -95,7 +98,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
         self._kernel_dependent.append((variable, initializer))
         return variable
 
-    def initialize_from_kernels(self):
+    def initialize_from_kernels(self) -> None:
         """Re-run the initializers that read the inner kernels.
 
         The `"norm"` scale of `CenteredWeightNorm`/`WeightNormalization`
@@ -131,7 +134,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
         return initializer
 
     # ------------------------------------------------------------------- call
-    def effective_kernels(self):
+    def effective_kernels(self) -> dict[str, Tensor]:
         """`{kernel name: W}`: the kernels the inner layer computes with."""
         return {
             kernel_axes.name: self._effective_kernel(variable, kernel_axes)
@@ -150,7 +153,14 @@ class KernelNormWrapper(keras.layers.Wrapper):
                     variables.append(state)
         return variables
 
-    def call(self, inputs, *args, training=None, mask=None, **kwargs):
+    def call(
+        self,
+        inputs: Tensor,
+        *args: Any,
+        training: bool | None = None,
+        mask: Tensor | None = None,
+        **kwargs: Any,
+    ) -> Any:
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         kernels = {
             id(variable): self._effective_kernel(variable, kernel_axes)
@@ -176,10 +186,10 @@ class KernelNormWrapper(keras.layers.Wrapper):
             self.add_loss(loss)
         return outputs
 
-    def compute_output_shape(self, input_shape, *args, **kwargs):
+    def compute_output_shape(self, input_shape: Shape, *args: Any, **kwargs: Any) -> Any:
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
 
-    def compute_mask(self, inputs, mask=None):
+    def compute_mask(self, inputs: Tensor, mask: Tensor | None = None) -> Any:
         if hasattr(self.layer, "compute_mask"):
             return self.layer.compute_mask(inputs, mask)
         return mask
@@ -203,22 +213,22 @@ class KernelNormWrapper(keras.layers.Wrapper):
     output_size = property(lambda self: self._recurrent_attribute("output_size"))
 
     @property
-    def zero_output_for_mask(self):
+    def zero_output_for_mask(self) -> bool:
         return self._recurrent_attribute("zero_output_for_mask")
 
     @zero_output_for_mask.setter
-    def zero_output_for_mask(self, value):
+    def zero_output_for_mask(self, value: bool) -> None:
         # `Bidirectional` sets this on the layers it holds.
         self._recurrent_attribute("zero_output_for_mask")
         self.layer.zero_output_for_mask = value
 
-    def get_initial_state(self, batch_size):
+    def get_initial_state(self, batch_size: int) -> Any:
         return self._recurrent_attribute("get_initial_state")(batch_size=batch_size)
 
-    def reset_state(self):
+    def reset_state(self) -> None:
         return self._recurrent_attribute("reset_state")()
 
-    def reset_states(self):
+    def reset_states(self) -> None:
         return self.reset_state()
 
     # ---------------------------------------------------------------- removal
@@ -229,7 +239,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
                 f"data (or build it) before {what}."
             )
 
-    def plain_weights(self):
+    def plain_weights(self) -> list[np.ndarray]:
         """The inner layer's weights as NumPy arrays, in the order of
         `self.layer.weights`, with every normalized kernel replaced by its
         effective kernel `W`: what `set_weights` of a plain copy of the inner
@@ -241,7 +251,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
             for v in self.layer.weights
         ]
 
-    def remove(self):
+    def remove(self) -> keras.layers.Layer:
         """A plain copy of the inner layer with the effective kernels baked in.
 
         The copy computes what the wrapper computes, with no normalization
@@ -254,13 +264,15 @@ class KernelNormWrapper(keras.layers.Wrapper):
         plain.set_weights(self.plain_weights())
         return plain
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config["epsilon"] = self.epsilon
         return config
 
     @classmethod
-    def from_config(cls, config, custom_objects=None):
+    def from_config(
+        cls, config: dict[str, Any], custom_objects: dict[str, Any] | None = None
+    ) -> KernelNormWrapper:
         config = dict(config)
         # `keras.layers.Bidirectional` makes its backward copy by setting
         # `go_backwards` in the copy's config: it belongs to the inner RNN.
@@ -311,15 +323,15 @@ class CenteredWeightNorm(KernelNormWrapper):
 
     def __init__(
         self,
-        layer,
-        center=True,
-        scale=True,
-        scale_initializer="ones",
-        scale_regularizer=None,
-        scale_constraint=None,
-        epsilon=1e-12,
-        **kwargs,
-    ):
+        layer: keras.layers.Layer,
+        center: bool = True,
+        scale: bool = True,
+        scale_initializer: InitializerLike = "ones",
+        scale_regularizer: RegularizerLike = None,
+        scale_constraint: ConstraintLike = None,
+        epsilon: float = 1e-12,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(layer, epsilon=epsilon, **kwargs)
         self.center = _validation.boolean("center", center)
         self.scale = _validation.boolean("scale", scale)
@@ -359,11 +371,11 @@ class CenteredWeightNorm(KernelNormWrapper):
             epsilon=self.epsilon,
         )
 
-    def scale_variables(self):
+    def scale_variables(self) -> dict[str, keras.Variable]:
         """`{kernel name: g}` (empty with `scale=False`)."""
         return dict(self._scales)
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         initializer = self.scale_initializer
         config.update(
@@ -401,7 +413,13 @@ class WeightNormalization(CenteredWeightNorm):
     (1, 3, 3, 8)
     """
 
-    def __init__(self, layer, scale=True, scale_initializer=NORM_INITIALIZER, **kwargs):
+    def __init__(
+        self,
+        layer: keras.layers.Layer,
+        scale: bool = True,
+        scale_initializer: InitializerLike = NORM_INITIALIZER,
+        **kwargs: Any,
+    ) -> None:
         if "center" in kwargs:
             raise ValueError(
                 "WeightNormalization never centers; use "
@@ -411,7 +429,7 @@ class WeightNormalization(CenteredWeightNorm):
             layer, center=False, scale=scale, scale_initializer=scale_initializer, **kwargs
         )
 
-    def get_config(self):
+    def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("center")
         return config
