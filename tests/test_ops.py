@@ -116,6 +116,56 @@ def test_top_k_with_fewer_elements_than_k(rng):
     np.testing.assert_allclose(to_numpy(variance), (np_c_inf(4) * dev.mean(0)) ** 2, rtol=1e-8)
 
 
+def _function_and_gradient(function, x):
+    """`function(x)` (a scalar) and its gradient with respect to `x`, on either backend."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = function(x)
+        return to_numpy(value), to_numpy(tape.gradient(value, x))
+    import jax
+
+    value, grad = jax.value_and_grad(function)(t(x))
+    return to_numpy(value), to_numpy(grad)
+
+
+@pytest.mark.parametrize(
+    ("shape", "k"), [((64, 3), 3), ((40, 5, 2), 10), ((6, 8, 8, 4), 10), ((97, 2), 4)]
+)
+@pytest.mark.parametrize("ties", [False, True])
+def test_top_k_values_match_a_full_sort_with_their_gradient(shape, k, ties, rng):
+    """top_k_values (blockwise for channels-last inputs with a static size)
+    returns each channel's k largest entries, and the gradient of their sum
+    is 1 on k entries that hold those values (for distinct values: exactly
+    the top-k positions), 0 elsewhere; with ties and -1 sentinels too."""
+    x = np.abs(rng.normal(size=shape))
+    if ties:
+        x = np.round(x * 2) / 2  # few distinct values: ties at the k-th largest
+        x[rng.random(shape) < 0.2] = -1.0  # masked sentinels
+    weights = rng.uniform(1.0, 2.0, size=shape[-1])
+
+    def weighted_top_sum(values):
+        top = norm_ops.top_k_values(values, k, -1)
+        return ops.sum(ops.sum(top, axis=-1) * ops.convert_to_tensor(weights, top.dtype))
+
+    columns = x.reshape(-1, shape[-1])
+    want_top = -np.sort(-columns, axis=0)[:k].T  # (channels, k), descending
+    top = to_numpy(norm_ops.top_k_values(t(x), k, -1))
+    np.testing.assert_array_equal(-np.sort(-top, axis=-1), want_top)
+
+    value, grad = _function_and_gradient(weighted_top_sum, x)
+    assert value == pytest.approx(float(want_top.sum(-1) @ weights), rel=1e-12)
+    grad = grad.reshape(columns.shape) / weights
+    np.testing.assert_allclose(grad.sum(0), k)
+    assert set(np.unique(grad)) <= {0.0, 1.0}
+    for c in range(shape[-1]):
+        picked = columns[grad[:, c] == 1.0, c]
+        np.testing.assert_array_equal(-np.sort(-picked), want_top[c])
+
+
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("rows", [2, 7])
 def test_top_k_with_unknown_batch_size_pads_with_sentinels(rows, rng):
