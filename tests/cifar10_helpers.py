@@ -19,7 +19,14 @@ if EXAMPLES not in sys.path:
 
 from cifar10 import data, train  # noqa: E402
 
-__all__ = ["TRAIN_SCRIPT", "data", "make_archive", "make_tampered_archive", "train"]
+__all__ = [
+    "TRAIN_SCRIPT",
+    "data",
+    "make_archive",
+    "make_images",
+    "make_tampered_archive",
+    "train",
+]
 
 
 def make_images(n, seed):

@@ -48,7 +48,14 @@ def _channels(n, width):
 def _conv_bn_relu(x, norms, filters, kernel, strides=1, padding="same", name=""):
     import keras
 
-    x = norms.conv(filters, kernel, strides=strides, padding=padding, name=name + "_conv")(x)
+    x = norms.conv(
+        filters,
+        kernel,
+        strides=strides,
+        padding=padding,
+        name=name + "_conv",
+        fan_in=x.shape[-1] * kernel * kernel,
+    )(x)
     bn = norms.bn(name=name + "_bn")
     if bn is not None:
         x = bn(x)
@@ -91,7 +98,7 @@ def resnet(norms, depth=56, width=1.0, shortcut="A", num_classes=10, input_shape
             name = f"stage{stage + 1}_block{block + 1}"
             strides = 2 if stage > 0 and block == 0 else 1
             y = _conv_bn_relu(x, norms, filters, 3, strides=strides, name=name + "_a")
-            y = norms.conv(filters, 3, name=name + "_b_conv")(y)
+            y = norms.conv(filters, 3, name=name + "_b_conv", fan_in=y.shape[-1] * 9)(y)
             bn = norms.bn(name=name + "_b_bn", zero_gamma=True)
             if bn is not None:
                 y = bn(y)
@@ -99,14 +106,20 @@ def resnet(norms, depth=56, width=1.0, shortcut="A", num_classes=10, input_shape
                 if shortcut == "A":
                     x = _shortcut_a(x, filters, strides, name + "_shortcut")
                 else:
-                    x = norms.conv(filters, 1, strides=strides, name=name + "_shortcut_conv")(x)
+                    x = norms.conv(
+                        filters,
+                        1,
+                        strides=strides,
+                        name=name + "_shortcut_conv",
+                        fan_in=x.shape[-1],
+                    )(x)
                     bn = norms.bn(name=name + "_shortcut_bn")
                     if bn is not None:
                         x = bn(x)
             x = keras.layers.Add(name=name + "_add")([x, y])
             x = keras.layers.ReLU(name=name + "_relu")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = norms.classifier(num_classes)(x)
+    outputs = norms.classifier(num_classes, fan_in=x.shape[-1])(x)
     return keras.Model(inputs, outputs, name=f"resnet{depth}")
 
 
@@ -129,10 +142,12 @@ def vgg_a(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3)):
             conv_index += 1
             x = _conv_bn_relu(x, norms, _channels(item, width), 3, name=f"conv{conv_index}")
     x = keras.layers.Flatten(name="flatten")(x)
-    x = norms.dense(_channels(512, width), name="fc1", use_bias=not norms.has_bn)(x)
+    x = norms.dense(
+        _channels(512, width), name="fc1", use_bias=not norms.has_bn, fan_in=x.shape[-1]
+    )(x)
     x = norms.bn(name="fc1_bn", fallback="keras")(x)
     x = keras.layers.ReLU(name="fc1_relu")(x)
-    outputs = norms.classifier(num_classes)(x)
+    outputs = norms.classifier(num_classes, fan_in=x.shape[-1])(x)
     return keras.Model(inputs, outputs, name="vgg_a")
 
 
@@ -178,7 +193,7 @@ def googlenet(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3), blocks=
         for key in stage:
             x = _inception(x, norms, INCEPTION[key], width, "inception" + key)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
-    outputs = norms.classifier(num_classes)(x)
+    outputs = norms.classifier(num_classes, fan_in=x.shape[-1])(x)
     return keras.Model(inputs, outputs, name="googlenet")
 
 

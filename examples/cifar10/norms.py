@@ -15,6 +15,15 @@ Convolutions followed by a batch norm have no bias (its beta is the bias).
 A weight-norm scale `g` is learned only where no batch norm with a gamma
 follows (`--wn-scale auto`): the papers' CWN/WN convolutions before batch norm
 have no scale ("NS" in the CWN code).
+
+`--init`: `he` starts every convolution He-normal over fan-out (the "MSR
+init" of both papers' plain networks) and Dense layers at Keras's defaults;
+`torch` starts convolutions and Dense layers (kernels and biases) as PyTorch's
+`nn.Conv2d` / `nn.Linear` do, uniform in +-1/sqrt(fan_in). The Norm matters
+weight-normalized ResNet starts from the latter: its `init_model` writes He
+values into each wrapped convolution's `weight`, but the weight-norm hook
+recomputes `weight` from `g` and `v` before every forward pass, and `g`, `v`
+(hence BWN's fixed norm) were taken from the default initialization.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ import math
 WEIGHT_NORMS = ("none", "wn", "cwn", "bwn")
 BATCH_NORMS = ("none", "l2", "l1", "linf", "topk", "mean", "keras")
 WEIGHT_DECAY_SCOPES = ("all", "kernels", "classifier", "none")
+INITS = ("he", "torch")
 
 
 class NormError(ValueError):
@@ -74,6 +84,7 @@ class Norms:
         wrap_classifier=False,
         zero_init_residual=False,
         bwn_per_unit_gain=False,
+        init="he",
     ):
         if weight_norm not in WEIGHT_NORMS:
             raise NormError(
@@ -90,6 +101,8 @@ class Norms:
             raise NormError(f"--wn-scale {wn_scale!r}: choose auto, yes or no")
         if not (weight_decay >= 0 and math.isfinite(weight_decay)):
             raise NormError(f"--weight-decay {weight_decay}: must be a finite number >= 0")
+        if init not in INITS:
+            raise NormError(f"--init {init!r}: choose one of {', '.join(INITS)}")
         if top_k < 1:
             raise NormError(f"--top-k {top_k}: must be >= 1")
         self.weight_norm = weight_norm
@@ -103,6 +116,7 @@ class Norms:
         self.wrap_classifier = wrap_classifier
         self.zero_init_residual = zero_init_residual
         self.bwn_per_unit_gain = bwn_per_unit_gain
+        self.init = init
         if wn_scale == "auto":
             self.wn_scale = batch_norm in ("none", "mean")
         else:
@@ -130,6 +144,29 @@ class Norms:
         ):
             return None
         return keras.regularizers.L2(0.5 * self.weight_decay)
+
+    def _kernel_initializer(self, kind):
+        """`kind`: "conv" or "dense"."""
+        import keras
+
+        if self.init == "torch":
+            # PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(-1/sqrt(fan_in), +).
+            return keras.initializers.VarianceScaling(
+                1.0 / 3.0, mode="fan_in", distribution="uniform"
+            )
+        if kind == "conv":
+            return keras.initializers.VarianceScaling(
+                2.0, mode="fan_out", distribution="untruncated_normal"
+            )
+        return "glorot_uniform"
+
+    def _bias_initializer(self, fan_in):
+        import keras
+
+        if self.init == "torch" and fan_in:
+            limit = 1.0 / math.sqrt(fan_in)
+            return keras.initializers.RandomUniform(-limit, limit)
+        return "zeros"
 
     def _wn_class(self):
         if self.weight_norm == "none":
@@ -173,10 +210,13 @@ class Norms:
         return cls(layer, **kwargs)
 
     # ------------------------------------------------------------- layers
-    def conv(self, filters, kernel_size, strides=1, padding="same", name=None, wrap=True):
-        """A Conv2D (He initialization, fan-out, as in the papers' code),
-        wrapped by the chosen weight norm; without bias when a batch norm
-        follows."""
+    def conv(
+        self, filters, kernel_size, strides=1, padding="same", name=None, wrap=True, fan_in=None
+    ):
+        """A Conv2D (He initialization, fan-out, as in the papers' code, or
+        PyTorch's default with `--init torch`), wrapped by the chosen weight
+        norm; without bias when a batch norm follows. `fan_in` (input channels
+        x kernel area) sizes the bias initialization of `--init torch`."""
         import keras
 
         use_bias = not self.has_bn
@@ -186,34 +226,37 @@ class Norms:
             strides=strides,
             padding=padding,
             use_bias=use_bias,
-            kernel_initializer=keras.initializers.VarianceScaling(
-                2.0, mode="fan_out", distribution="untruncated_normal"
-            ),
+            kernel_initializer=self._kernel_initializer("conv"),
+            bias_initializer=self._bias_initializer(fan_in),
             kernel_regularizer=self._regularizer("kernel"),
             bias_regularizer=self._regularizer("bias") if use_bias else None,
             name=name,
         )
         return self._wrap(layer, wrap, "kernel")
 
-    def dense(self, units, name=None, use_bias=True, wrap=True):
+    def dense(self, units, name=None, use_bias=True, wrap=True, fan_in=None):
         import keras
 
         layer = keras.layers.Dense(
             units,
             use_bias=use_bias,
+            kernel_initializer=self._kernel_initializer("dense"),
+            bias_initializer=self._bias_initializer(fan_in),
             kernel_regularizer=self._regularizer("kernel"),
             bias_regularizer=self._regularizer("bias") if use_bias else None,
             name=name,
         )
         return self._wrap(layer, wrap, "kernel")
 
-    def classifier(self, units, name="classifier"):
+    def classifier(self, units, name="classifier", fan_in=None):
         """The last Dense (logits, float32 under mixed precision); wrapped only
         with `--wrap-classifier` (the papers leave it plain)."""
         import keras
 
         layer = keras.layers.Dense(
             units,
+            kernel_initializer=self._kernel_initializer("dense"),
+            bias_initializer=self._bias_initializer(fan_in),
             kernel_regularizer=self._regularizer("classifier"),
             bias_regularizer=self._regularizer("classifier"),
             dtype="float32",
@@ -273,4 +316,5 @@ class Norms:
             "weight_norm": self.weight_norm,
             "batch_norm": self.batch_norm,
             "wn_scale": self.wn_scale,
+            "init": self.init,
         }

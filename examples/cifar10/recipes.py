@@ -27,6 +27,7 @@ BASE = {
     "wrap_classifier": False,
     "zero_init_residual": False,
     "bwn_per_unit_gain": False,
+    "init": "he",
     "bn_momentum": 0.9,
     "bn_epsilon": 1e-5,
     "top_k": 10,
@@ -71,8 +72,13 @@ PRESETS = {
         "_about": "Norm matters ResNet-56 with bounded weight norm: every convolution "
         "(stem and shortcuts too) wrapped, in the authors' variant with a learned per-unit "
         "gain under a fixed total norm, each followed by mean-only BN; no weight decay "
-        "except 1e-4 (0.5*wd*||W||^2) on the classifier; gradient-norm clipping at 5",
+        "except 1e-4 (0.5*wd*||W||^2) on the classifier; gradient-norm clipping at 5; "
+        "convolutions and classifier start from PyTorch's default initialization, as the "
+        "authors' weight-normalized convolutions effectively do (the weight-norm hook "
+        "discards the He init their code writes), which keeps the residual branches "
+        "small at the start",
         "bwn_per_unit_gain": True,
+        "init": "torch",
         "shortcut": "B",
         "weight_norm": "bwn",
         "batch_norm": "mean",

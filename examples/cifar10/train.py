@@ -30,6 +30,7 @@ from cifar10.data import DataError  # noqa: E402
 from cifar10.models import MODELS, ModelError  # noqa: E402
 from cifar10.norms import (  # noqa: E402
     BATCH_NORMS,
+    INITS,
     WEIGHT_DECAY_SCOPES,
     WEIGHT_NORMS,
     NormError,
@@ -54,6 +55,10 @@ RUNTIME_KEYS = (
     "epochs",
     "slow_steps",
 )
+
+# Settings added after the first release, with the value that older runs
+# (whose config.json lacks them) trained with.
+LATER_KEYS = {"init": "he"}
 
 OUTPUTS_HELP = """\
 outputs (in --out):
@@ -139,6 +144,12 @@ def build_parser():
         "--bwn-per-unit-gain",
         **bool_flag,
         help="BWN: learned per-unit gains under a fixed total norm (the authors' variant)",
+    )
+    group.add_argument(
+        "--init",
+        choices=INITS,
+        help="he: convolutions He-normal (fan-out); torch: convolutions and Dense layers "
+        "as PyTorch's defaults, U(+-1/sqrt(fan_in)) (the Norm matters weight-norm ResNet)",
     )
     group.add_argument(
         "--bn-momentum", type=float, help="Keras convention: 0.9 keeps 90%% of the old value"
@@ -423,6 +434,8 @@ def prepare_out(config):
                 previous = json.load(handle)
         except (OSError, ValueError) as error:
             raise ConfigError(f"{path}: unreadable ({error}); use another --out") from None
+        # Settings added to the example later read as their old behaviour.
+        previous = {**LATER_KEYS, **previous}
         old, new = _comparable(previous), _comparable(config)
         diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
         if diff:
@@ -478,6 +491,7 @@ def _make_norms(config):
         wrap_classifier=config["wrap_classifier"],
         zero_init_residual=config["zero_init_residual"],
         bwn_per_unit_gain=config["bwn_per_unit_gain"],
+        init=config["init"],
     )
 
 
