@@ -6,7 +6,7 @@ PIP := $(PY) -m pip
 export TF_CPP_MIN_LOG_LEVEL := 2
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: test demo bench docs wheel-check ci lint format venv clean
+.PHONY: test demo figures bench docs wheel-check ci lint format venv clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ test: $(PY)
 demo: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,examples]"
 	KERAS_BACKEND=tensorflow $(PY) examples/digits_compare.py --out outputs/digits
+
+# The documentation figures (docs/img/) from the demo's results.
+figures: demo
+	KERAS_BACKEND=tensorflow $(PY) scripts/make_figures.py --digits-results outputs/digits/results.json
 
 # Timing ratios against Keras's own layers; writes docs/performance.md.
 bench: $(PY)
