@@ -151,9 +151,16 @@ def compile_model(model, jit):
     return model
 
 
-def jax_step_memory(model, x, y):
-    """Bytes XLA plans for one compiled training step (arguments, outputs
-    and temporaries), from the compiled executable's memory analysis."""
+def jax_runners(model, x, y, train=True):
+    """`(train, infer, step_bytes)` for a compiled model on JAX.
+
+    `train()` runs one jit-compiled training step (forward, backward and the
+    optimizer update through Keras's stateless API: what `fit` compiles) and
+    carries the updated state to the next call; `infer()` runs the compiled
+    forward pass. `step_bytes` is what XLA plans for the training step
+    (arguments, outputs and temporaries), from the same compiled executable,
+    so each candidate is compiled once for training.
+    """
     import jax
     import keras
 
@@ -172,41 +179,73 @@ def jax_step_memory(model, x, y):
         trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
         return loss, trainable, non_trainable_new, opt_vars
 
-    args = (
+    def forward(trainable, non_trainable, x):
+        return model.stateless_call(trainable, non_trainable, x, training=False)[0]
+
+    x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
+    state = [
         [v.value for v in model.trainable_variables],
         [v.value for v in model.non_trainable_variables],
         [v.value for v in optimizer.variables],
-        x,
-        y,
-    )
-    analysis = jax.jit(step).lower(*args).compile().memory_analysis()
-    if analysis is None:
-        return None
-    return int(
-        analysis.temp_size_in_bytes
-        + analysis.argument_size_in_bytes
-        + analysis.output_size_in_bytes
-    )
+    ]
+    predict = jax.jit(forward)
+
+    def infer():
+        return jax.block_until_ready(predict(state[0], state[1], x))
+
+    if not train:
+        return None, infer, None
+    compiled = jax.jit(step).lower(*state, x, y).compile()
+    analysis = compiled.memory_analysis()
+    step_bytes = None
+    if analysis is not None:
+        step_bytes = int(
+            analysis.temp_size_in_bytes
+            + analysis.argument_size_in_bytes
+            + analysis.output_size_in_bytes
+        )
+
+    def train():
+        loss, *state[:] = compiled(*state, x, y)
+        return jax.block_until_ready(loss)
+
+    return train, infer, step_bytes
 
 
-def time_group(factories, x, y, jit, steps, warmup, train):
-    """Median seconds per step of each candidate, timed in alternation."""
-    models = {name: compile_model(factory(), jit) for name, factory in factories.items()}
-    # An inference-only candidate (the stripped model) is not trained.
-    timed = {name: m for name, m in models.items() if not (train and "(inference)" in name)}
-    run = (lambda m: m.train_on_batch(x, y)) if train else (lambda m: m.predict_on_batch(x))
-    for model in timed.values():
-        for _ in range(warmup):
-            run(model)
-    times = {name: [] for name in timed}
-    for _ in range(steps):
-        for name, model in timed.items():
-            start = time.perf_counter()
-            out = run(model)
-            if not train:
-                _ = float(out.reshape(-1)[0])  # wait for the result
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items() if t}, models
+def keras_runners(model, x, y, train=True):
+    """`(train, infer, None)` through `train_on_batch`/`predict_on_batch`
+    (TensorFlow: a `tf.function`, XLA-compiled with `jit_compile=True`);
+    both return NumPy values, so they wait for the result."""
+    train_step = (lambda: model.train_on_batch(x, y)) if train else None
+    return train_step, (lambda: model.predict_on_batch(x)), None
+
+
+def time_group(factories, x, y, jit, steps, warmup):
+    """Per candidate: median seconds of a training step and of inference,
+    each timed in alternation with the other candidates, and step bytes."""
+    import keras
+
+    make_runners = jax_runners if keras.backend.backend() == "jax" else keras_runners
+    runners = {
+        # An inference-only candidate (the stripped model) is not trained.
+        name: make_runners(compile_model(factory(), jit), x, y, train="(inference)" not in name)
+        for name, factory in factories.items()
+    }
+    results = {name: {"step_bytes": r[2]} for name, r in runners.items()}
+    for kind, index in (("train_s", 0), ("infer_s", 1)):
+        timed = {name: r[index] for name, r in runners.items() if r[index] is not None}
+        for run in timed.values():
+            for _ in range(warmup):
+                run()
+        times = {name: [] for name in timed}
+        for _ in range(steps):
+            for name, run in timed.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+        for name, t in times.items():
+            results[name][kind] = statistics.median(t)
+    return results
 
 
 def run_configuration(model_name, jit, policy, steps, warmup):
@@ -220,21 +259,17 @@ def run_configuration(model_name, jit, policy, steps, warmup):
     y = rng.integers(0, 10, size=(batch,)).astype("int32")
     rows = []
     for group, factories in candidates(model_name).items():
-        train_times, models = time_group(factories, x, y, jit, steps, warmup, train=True)
-        infer_times, _ = time_group(factories, x, y, jit, steps, warmup, train=False)
+        measured = time_group(factories, x, y, jit, steps, warmup)
         baseline = next(iter(factories))
         for name in factories:
-            memory = None
-            if keras.backend.backend() == "jax" and "(inference)" not in name:
-                memory = jax_step_memory(models[name], x, y)
             rows.append(
                 {
                     "group": group,
                     "candidate": name,
                     "baseline": baseline,
-                    "train_s": train_times.get(name),
-                    "infer_s": infer_times.get(name),
-                    "step_bytes": memory,
+                    "train_s": measured[name].get("train_s"),
+                    "infer_s": measured[name].get("infer_s"),
+                    "step_bytes": None if "(inference)" in name else measured[name]["step_bytes"],
                 }
             )
         base_memory = next(r["step_bytes"] for r in rows if r["candidate"] == baseline)
@@ -242,8 +277,8 @@ def run_configuration(model_name, jit, policy, steps, warmup):
             if row["group"] != group:
                 continue
             for key, ref in (
-                ("train", train_times.get(baseline)),
-                ("infer", infer_times.get(baseline)),
+                ("train", measured[baseline].get("train_s")),
+                ("infer", measured[baseline].get("infer_s")),
             ):
                 value = row[f"{key}_s"]
                 row[f"{key}_ratio"] = value / ref if value and ref else None

@@ -166,6 +166,63 @@ def test_top_k_values_match_a_full_sort_with_their_gradient(shape, k, ties, rng)
         np.testing.assert_array_equal(-np.sort(-picked), want_top[c])
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize(("shape", "k"), [((16, 4, 3), 5), ((3, 2, 3), 10)])
+def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng):
+    """The value is the mean of each channel's k largest valid |x - mean|
+    (all of them where fewer are valid); the gradient with respect to x is
+    sign(x - mean) / (number averaged) on exactly those entries, and the
+    gradient with respect to the mean is minus its sum."""
+    x = rng.normal(size=shape)
+    mean = rng.normal(size=(1, 1, shape[-1]))
+    mask = rng.random((*shape[:-1], 1)) < 0.7 if masked else np.ones((*shape[:-1], 1), bool)
+    mask_t = t(mask) if masked else None
+    weights = rng.uniform(1.0, 2.0, size=shape[-1])
+
+    def weighted(x, mean):
+        value = norm_ops.top_k_deviation_mean(x, mean, k, -1, mask_t)
+        return ops.sum(value * ops.convert_to_tensor(weights, value.dtype))
+
+    deviation = np.where(mask, np.abs(x - mean), -1.0).reshape(-1, shape[-1])
+    want_grad = np.zeros_like(deviation)
+    want_value = 0.0
+    for c in range(shape[-1]):
+        valid = np.flatnonzero(deviation[:, c] >= 0)
+        top = valid[np.argsort(-deviation[valid, c])][:k]
+        want_value += weights[c] * deviation[top, c].mean()
+        want_grad[top, c] = weights[c] / len(top)
+    want_grad = want_grad.reshape(shape) * np.sign(x - mean)
+
+    if is_tensorflow():
+        import tensorflow as tf
+
+        xs, means = tf.constant(x), tf.constant(mean)
+        with tf.GradientTape() as tape:
+            tape.watch([xs, means])
+            value = weighted(xs, means)
+        grad_x, grad_mean = (to_numpy(g) for g in tape.gradient(value, [xs, means]))
+    else:
+        import jax
+
+        value, (grad_x, grad_mean) = jax.value_and_grad(weighted, argnums=(0, 1))(t(x), t(mean))
+    assert float(value) == pytest.approx(want_value, rel=1e-12)
+    np.testing.assert_allclose(to_numpy(grad_x), want_grad, atol=1e-12)
+    np.testing.assert_allclose(
+        to_numpy(grad_mean), -want_grad.sum(axis=(0, 1), keepdims=True), atol=1e-12
+    )
+
+
+def test_top_k_deviation_mean_splits_the_gradient_among_ties():
+    """Five entries tie at the 3rd largest deviation: the two above it get
+    1/3 each and the tied five share the last 1/3."""
+    x = np.array([9.0, 8.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 0.0])[:, None]
+    value, grad = _function_and_gradient(
+        lambda v: ops.sum(norm_ops.top_k_deviation_mean(v, None, 3, -1)), x
+    )
+    assert float(value) == pytest.approx((9 + 8 + 5) / 3)
+    np.testing.assert_allclose(grad[:, 0], [1 / 3, 1 / 3] + [1 / 15] * 5 + [0, 0, 0], atol=1e-12)
+
+
 @pytest.mark.tensorflow_only
 @pytest.mark.parametrize("rows", [2, 7])
 def test_top_k_with_unknown_batch_size_pads_with_sentinels(rows, rng):

@@ -377,6 +377,70 @@ def valid_mean(top):
     return total / ops.maximum(count, 1.0)
 
 
+def top_k_deviation_mean(x, mean, k, axis, mask=None):
+    """Per channel (per kept position), the mean of the k largest `|x - mean|`
+    (of all of them where fewer than k are valid).
+
+    `mean` broadcasts against `x` (None: 0); `mask` as in `lp_statistics`.
+    The values come from `top_k_values`; the gradient is written out, so that
+    it is elementwise on `x`'s own layout: 1/k on the k largest deviations
+    (ties at the k-th largest share what is left), times the sign of
+    `x - mean`. Autodiff through top_k would scatter into a zero tensor of
+    x's size and keep the deviations alive until the backward pass; this
+    keeps per-channel numbers only and recomputes the deviations from `x`.
+    """
+    ndim = len(x.shape)
+    reduced = _reduction_axes(ndim, axis)
+    sentinel = -ops.ones((), dtype=x.dtype)
+    count_dtype = statistics_dtype(x.dtype)  # counts can pass float16's range
+
+    def magnitude(x, mean):
+        deviation = x if mean is None else x - mean
+        absolute = ops.abs(deviation)
+        return deviation, absolute if mask is None else ops.where(mask, absolute, sentinel)
+
+    def top_mean(x, *mean):
+        mean = mean[0] if mean else None
+        _, absolute = magnitude(x, mean)
+        top = top_k_values(absolute, k, axis, pad_to_k=True)
+        threshold = ops.min(top, axis=-1)  # the k-th largest; the sentinel if fewer are valid
+        value = valid_mean(top)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            deviation, absolute = magnitude(x, mean)
+            cut = expand_statistics(threshold, ndim, axis)
+            above = absolute > cut
+            tied = ops.logical_and(absolute == cut, cut >= 0)
+            above_count = ops.sum(ops.cast(above, count_dtype), axis=reduced)
+            tied_count = ops.sum(ops.cast(tied, count_dtype), axis=reduced)
+            upstream = ops.cast(upstream, count_dtype)
+            full = threshold >= 0
+            # With k valid entries or more: 1/k each above the threshold, and the
+            # remaining k - above_count shared by the tied ones. With fewer: 1/count each.
+            selected = ops.where(full, float(k), above_count)
+            per_above = upstream / ops.maximum(selected, 1.0)
+            per_tied = ops.where(
+                full, per_above * (k - above_count) / ops.maximum(tied_count, 1.0), 0.0
+            )
+            weight = ops.where(
+                above,
+                expand_statistics(ops.cast(per_above, x.dtype), ndim, axis),
+                ops.where(tied, expand_statistics(ops.cast(per_tied, x.dtype), ndim, axis), 0),
+            )
+            grad_x = weight * ops.sign(deviation)
+            if mean is None:
+                return grad_x
+            grad_mean = -ops.sum(grad_x, axis=reduced, keepdims=True)
+            return grad_x, ops.reshape(grad_mean, mean.shape)
+
+        return value, gradient
+
+    top_mean = ops.custom_gradient(top_mean)
+    return top_mean(x) if mean is None else top_mean(x, mean)
+
+
 def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None, center=True):
     """Per-channel mean and squared Lp scale `sigma_p**2` of `x` (SPEC section 4).
 
@@ -458,15 +522,20 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, cross_replica=None, cen
             # d(variance)/d(mean) = -2 mean(x - mean) = 0: as tf.nn.moments, stop
             # the gradient through the mean here (same result, less work).
             centered_mean = ops.stop_gradient(centered_mean)
-        deviation = x - centered_mean
     else:
-        deviation = x
+        centered_mean = None
         if cross_replica is not None:
             local_count = ops.convert_to_tensor(local_count, dtype=dtype)
             (count,), _ = cross_replica([ops.reshape(local_count, (1,))], [])
             count = count[0]
 
-    if math.isinf(p):  # the top-k mean (the maximum is _max_statistics)
+    if math.isinf(p) and cross_replica is None:  # the top-k mean, local
+        top_mean = top_k_deviation_mean(x, centered_mean, top_k, axis, mask)
+        variance = ops.square(linf_constant(count) * ops.cast(top_mean, dtype))
+        return (mean if center else ops.zeros_like(variance)), variance
+
+    deviation = x if centered_mean is None else x - centered_mean
+    if math.isinf(p):  # the top-k mean, synchronized (the maximum is _max_statistics)
         magnitude = ops.abs(deviation)
         if mask is not None:
             magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))

@@ -1,0 +1,224 @@
+"""Where the time of the weight-norm wrappers and top-k batch norm goes.
+
+The profile behind the optimizations recorded in docs/performance.md. For
+each of the two costs that `bench.py` showed, it times one training step's
+worth of the operation alone (forward and backward, jit-compiled, candidates
+alternated, median), the straightforward version against the one tfnorms
+ships:
+
+- the effective kernel of `CenteredWeightNorm`/`WeightNormalization`
+  through plain autodiff, against `tfnorms.ops.weight_norm_kernel` (the
+  closed-form custom gradient of the CWN paper's eq. 3);
+- the top-10 mean of batch norm through a transpose and a per-channel top_k
+  over whole columns, against `tfnorms.ops.top_k_values` (blockwise);
+
+and, on JAX, what XLA compiles for a whole MLP training step: the number of
+fused kernels and the planned bytes.
+
+Run it on either backend: `KERAS_BACKEND=jax python benchmarks/profile_ops.py`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
+
+
+def autodiff_weight_norm_kernel(v, scale, reduce_axes, center, epsilon=1e-12):
+    """The effective kernel with no custom gradient (what autodiff differentiates)."""
+    from keras import ops
+
+    from tfnorms import ops as norm_ops
+
+    w = norm_ops.unit_normalize(v, reduce_axes, center, epsilon)
+    return w * ops.reshape(scale, (1,) * (len(v.shape) - 1) + (-1,))
+
+
+def full_sort_top_k_mean(magnitude, k):
+    """Mean of each channel's k largest entries: channels-first, top_k per row."""
+    from keras import ops
+
+    columns = ops.transpose(ops.reshape(magnitude, (-1, magnitude.shape[-1])))
+    top, _ = ops.top_k(columns, k, sorted=False)
+    return ops.mean(top, axis=-1)
+
+
+def blockwise_top_k_mean(magnitude, k):
+    from keras import ops
+
+    from tfnorms import ops as norm_ops
+
+    return ops.mean(norm_ops.top_k_values(magnitude, k, -1), axis=-1)
+
+
+def compiled_gradient(function, *arrays):
+    """A jit-compiled `arrays -> gradients of sum(function(*arrays) * weights)`."""
+    import keras
+    import numpy as np
+
+    out_shape = keras.ops.shape(function(*arrays))
+    weights = np.random.default_rng(1).normal(size=tuple(out_shape)).astype("float32")
+    if keras.backend.backend() == "jax":
+        import jax
+
+        grad = jax.jit(
+            jax.grad(lambda *a: (function(*a) * weights).sum(), argnums=tuple(range(len(arrays))))
+        )
+        return lambda: jax.block_until_ready(grad(*arrays))
+    import tensorflow as tf
+
+    tensors = [tf.constant(a) for a in arrays]
+
+    @tf.function(jit_compile=True)
+    def grad():
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            loss = tf.reduce_sum(function(*tensors) * weights)
+        return tape.gradient(loss, tensors)
+
+    return lambda: [g.numpy() for g in grad()]
+
+
+def median_times(candidates, steps):
+    for run in candidates.values():
+        for _ in range(3):
+            run()
+    times = {name: [] for name in candidates}
+    for _ in range(steps):
+        for name, run in candidates.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def print_ratios(title, times):
+    base = next(iter(times.values()))
+    print(f"\n{title}")
+    for name, seconds in times.items():
+        print(f"  {name:<44} {seconds * 1e3:8.3f} ms  {seconds / base:6.3f}x")
+
+
+def profile_weight_norm(steps):
+    import numpy as np
+
+    from tfnorms import ops as norm_ops
+
+    rng = np.random.default_rng(0)
+    for shape in [(512, 512), (3, 3, 64, 64)]:
+        v = rng.normal(size=shape).astype("float32")
+        g = np.ones(shape[-1], "float32")
+        axes = tuple(range(len(shape) - 1))
+        broadcast = (1,) * (len(shape) - 1) + (shape[-1],)
+        for center in (True, False):
+            times = median_times(
+                {
+                    "autodiff": compiled_gradient(
+                        lambda v, g, c=center, a=axes: autodiff_weight_norm_kernel(v, g, a, c),
+                        v,
+                        g,
+                    ),
+                    "tfnorms (closed-form gradient)": compiled_gradient(
+                        lambda v, g, c=center, a=axes, b=broadcast: norm_ops.weight_norm_kernel(
+                            v, g, a, b, c, 1e-12
+                        ),
+                        v,
+                        g,
+                    ),
+                },
+                steps,
+            )
+            name = "CWN" if center else "WN"
+            print_ratios(f"{name} effective kernel {shape}, forward + backward", times)
+
+
+def profile_top_k(steps):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for shape in [(128, 32, 32, 16), (128, 8, 8, 64), (1024, 512)]:
+        x = np.abs(rng.normal(size=shape)).astype("float32")
+        times = median_times(
+            {
+                "full sort (transpose + top_k per channel)": compiled_gradient(
+                    lambda m: full_sort_top_k_mean(m, 10), x
+                ),
+                "tfnorms (blockwise)": compiled_gradient(lambda m: blockwise_top_k_mean(m, 10), x),
+            },
+            steps,
+        )
+        print_ratios(f"top-10 mean of {shape}, forward + backward", times)
+
+
+def profile_jax_mlp_step():
+    """XLA's view of a whole MLP training step, plain against CWN."""
+    import bench
+    import jax
+    import keras
+    import numpy as np
+
+    import tfnorms
+
+    build, shape, batch = bench.MODELS["mlp"]
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(batch, *shape)).astype("float32")
+    y = rng.integers(0, 10, size=(batch,)).astype("int32")
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    print("\nJAX MLP training step, as compiled by XLA")
+    for name, wrap in [("plain", lambda layer: layer), ("CWN", tfnorms.CenteredWeightNorm)]:
+        model = bench.compile_model(build(wrap=wrap), True)
+        optimizer = model.optimizer
+        optimizer.build(model.trainable_variables)
+
+        def step(trainable, non_trainable, opt_vars, x, y, model=model, optimizer=optimizer):
+            def loss_of(trainable):
+                logits, updated = model.stateless_call(trainable, non_trainable, x, training=True)
+                return loss_fn(y, logits), updated
+
+            (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
+            return loss, optimizer.stateless_apply(opt_vars, grads, trainable)
+
+        args = (
+            [v.value for v in model.trainable_variables],
+            [v.value for v in model.non_trainable_variables],
+            [v.value for v in optimizer.variables],
+            x,
+            y,
+        )
+        compiled = jax.jit(step).lower(*args).compile()
+        text = compiled.as_text()
+        memory = compiled.memory_analysis()
+        planned = (
+            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        )
+        print(
+            f"  {name:<6} fused kernels {text.count(' fusion('):4d}  planned "
+            f"{planned / 2**20:6.1f} MiB "
+            f"(temporaries {memory.temp_size_in_bytes / 2**20:5.1f} MiB)"
+        )
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    print(f"backend: {keras.backend.backend()}, median of {args.steps} alternated steps")
+    profile_weight_norm(args.steps)
+    profile_top_k(args.steps)
+    if keras.backend.backend() == "jax":
+        profile_jax_mlp_step()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
