@@ -49,17 +49,24 @@ def make_model(masked=True):
 
     import tfnorms
 
+    def dense(units, **kwargs):
+        # A random bias moves each batch norm's input mean away from 0, so that
+        # every moving mean really moves (a zero bias after a normalization
+        # leaves it at 0 up to rounding, and the test's check would be vacuous).
+        bias = keras.initializers.RandomNormal(stddev=1.0)
+        return keras.layers.Dense(units, bias_initializer=bias, **kwargs)
+
     inputs = keras.Input((TIMESTEPS, FEATURES))
     h = keras.layers.Masking(0.0)(inputs) if masked else inputs
-    h = keras.layers.Dense(6)(h)
+    h = dense(6)(h)
     h = tfnorms.LpBatchNormalization(p=1, synchronized=True, momentum=0.5)(h)
-    h = keras.layers.Dense(6, activation="tanh")(h)
+    h = dense(6, activation="tanh")(h)
     h = tfnorms.LinfBatchNormalization(top_k=3, synchronized=True, momentum=0.5)(h)
-    h = keras.layers.Dense(6)(h)
+    h = dense(6)(h)
     h = tfnorms.LinfBatchNormalization(synchronized=True, momentum=0.5)(h)
-    h = keras.layers.Dense(6)(h)
+    h = dense(6)(h)
     h = tfnorms.LpBatchNormalization(p=2, synchronized=True, momentum=0.5)(h)
-    h = keras.layers.Dense(6)(h)
+    h = dense(6)(h)
     h = tfnorms.MeanOnlyBatchNormalization(synchronized=True, momentum=0.5)(h)
     h = keras.layers.GlobalAveragePooling1D()(h)
     return keras.Model(inputs, keras.layers.Dense(1)(h))

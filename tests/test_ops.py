@@ -241,6 +241,33 @@ def test_top_k_with_unknown_batch_size_pads_with_sentinels(rows, rng):
     np.testing.assert_allclose(variance.numpy(), want_variance, rtol=1e-8)
 
 
+@pytest.mark.tensorflow_only
+def test_top_k_gradient_with_unknown_batch_size_and_kept_axes(rng):
+    """The layer-norm case in a traced graph (a SavedModel export traces the
+    gradient too): statistics per (batch, position), the batch axis None, so
+    the mean's static shape holds None. The gradient equals the eager one."""
+    import tensorflow as tf
+
+    def loss(x):
+        _, variance = norm_ops.lp_statistics(x, (0, 1), p=math.inf, top_k=3)
+        return ops.sum(variance)
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 5, 8], tf.float64)])
+    def traced_gradient(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            value = loss(x)
+        return tape.gradient(value, x)
+
+    x = tf.constant(rng.normal(size=(4, 5, 8)))
+    with tf.GradientTape() as tape:
+        tape.watch(x)
+        value = loss(x)
+    eager = tape.gradient(value, x).numpy()
+    assert np.count_nonzero(eager) > 0
+    np.testing.assert_allclose(traced_gradient(x).numpy(), eager, atol=1e-12)
+
+
 def test_degenerate_inputs_give_finite_statistics():
     for x in (np.full((1, 3), 2.5), np.full((6, 3), -1.0), np.zeros((1, 1, 2))):
         for p, top_k in P_CASES:

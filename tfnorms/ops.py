@@ -433,7 +433,10 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
             if mean is None:
                 return grad_x
             grad_mean = -ops.sum(grad_x, axis=reduced, keepdims=True)
-            return grad_x, ops.reshape(grad_mean, mean.shape)
+            # mean's static shape may hold None (the batch axis of a layer norm
+            # in a traced graph): reshape to its run-time shape then.
+            mean_shape = mean.shape if None not in mean.shape else ops.shape(mean)
+            return grad_x, ops.reshape(grad_mean, mean_shape)
 
         return value, gradient
 
