@@ -212,6 +212,66 @@ def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng
     )
 
 
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("axis", [-1, (0, 1)])
+def test_max_abs_deviation_and_its_gradient_match_numpy(axis, masked, rng):
+    """max |x - mean| per kept position, and its gradient: sign(x - mean) on
+    the entry of the largest deviation (the maximum or the minimum of x,
+    whichever lies farther from the mean), minus that for the mean."""
+    shape = (6, 5, 4)
+    x = rng.normal(size=shape)
+    kept = (2,) if axis == -1 else (0, 1)
+    reduced = tuple(a for a in range(3) if a not in kept)
+    mean = rng.normal(scale=0.3, size=[shape[a] for a in kept])
+    # Per position of the reduced axes; every kept position keeps a valid entry.
+    mask_shape = (6, 5, 1) if axis == -1 else shape
+    mask = rng.random(mask_shape) < 0.7 if masked else np.ones(mask_shape, bool)
+    mask[0, 0] = True
+    if axis != -1:
+        mask[..., 0] = True
+    weights = rng.uniform(1.0, 2.0, size=mean.shape)
+
+    def weighted(x, mean):
+        value = norm_ops.max_abs_deviation(x, mean, axis, t(mask) if masked else None)
+        return ops.sum(value * ops.convert_to_tensor(weights, value.dtype))
+
+    expand = np.expand_dims(mean, reduced)
+    deviation = np.where(mask, np.abs(x - expand), -1.0)
+    want_value = deviation.max(axis=reduced)
+    hit = deviation == np.expand_dims(want_value, reduced)
+    want_grad = np.where(hit, np.sign(x - expand) * np.expand_dims(weights, reduced), 0.0)
+    want_grad_mean = -want_grad.sum(axis=reduced)
+
+    if is_tensorflow():
+        import tensorflow as tf
+
+        xs, means = tf.constant(x), tf.constant(mean)
+        with tf.GradientTape() as tape:
+            tape.watch([xs, means])
+            value = weighted(xs, means)
+        grad_x, grad_mean = tape.gradient(value, [xs, means])
+    else:
+        import jax
+
+        value, (grad_x, grad_mean) = jax.value_and_grad(weighted, argnums=(0, 1))(t(x), t(mean))
+    assert float(value) == pytest.approx(float((want_value * weights).sum()), rel=1e-12)
+    np.testing.assert_allclose(to_numpy(grad_x), want_grad, atol=1e-12)
+    np.testing.assert_allclose(to_numpy(grad_mean), want_grad_mean, atol=1e-12)
+
+
+def test_max_abs_deviation_shares_the_gradient_among_ties():
+    """Three entries tie at the maximum: each gets a third; the minimum, nearer
+    the mean, gets nothing; a constant channel gets a finite gradient."""
+    x = np.array([[3.0, 1.0]] * 3 + [[0.0, 1.0]] * 7)  # column 0: mean 0.9
+    value, grad = _function_and_gradient(
+        lambda v: ops.sum(norm_ops.max_abs_deviation(v, ops.mean(v, axis=0), -1)), x
+    )
+    assert float(value) == pytest.approx(3.0 - 0.9)
+    # Column 0: 1/3 on each maximum, and through the mean -1/10 on every entry.
+    np.testing.assert_allclose(grad[:, 0], [1 / 3 - 0.1] * 3 + [-0.1] * 7, atol=1e-12)
+    assert np.all(np.isfinite(grad[:, 1]))
+
+
 def test_top_k_deviation_mean_splits_the_gradient_among_ties():
     """Five entries tie at the 3rd largest deviation: the two above it get
     1/3 each and the tied five share the last 1/3."""

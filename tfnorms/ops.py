@@ -579,6 +579,76 @@ _FLOAT_MAX = {
 }
 
 
+def _kept_shape(x, axis):
+    """The kept axes' sizes (run-time sizes where the static ones are None)."""
+    kept = kept_axes(len(x.shape), axis)
+    if all(x.shape[a] is not None for a in kept):
+        return tuple(x.shape[a] for a in kept)
+    dynamic = ops.shape(x)
+    return tuple(dynamic[a] if x.shape[a] is None else x.shape[a] for a in kept)
+
+
+def _extremes(x, axis, mask):
+    """Per channel (per kept position), the maximum and minimum of the valid
+    entries of `x`, in the statistics dtype (exact: they are entries of x)."""
+    axes = _reduction_axes(len(x.shape), axis)
+    if mask is None:
+        high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
+    else:
+        limit = _FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
+        high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
+        low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
+    dtype = statistics_dtype(x.dtype)
+    return ops.cast(high, dtype), ops.cast(low, dtype)
+
+
+def max_abs_deviation(x, mean, axis, mask=None):
+    """Per channel (per kept position), `max |x - mean|` over the valid entries,
+    as `max(max(x) - mean, mean - min(x))` (no deviation tensor).
+
+    `mean` has the kept axes' shape, in the statistics dtype. The gradient is
+    written out: of the maximum and the minimum, only the one that is the
+    extreme deviation gets it, shared by its ties, with the sign of `x - mean`;
+    the mean's is minus its sum, which is `-sign` per channel in closed form.
+    Autodiff differentiates both reductions in full (an equality mask, a tie
+    count and a scatter over x for each), though one of them is discarded
+    per channel: that was most of L-inf batch norm's extra cost in a training
+    step (docs/performance.md).
+    """
+    ndim = len(x.shape)
+    axes = _reduction_axes(ndim, axis)
+    dtype = statistics_dtype(x.dtype)
+
+    @ops.custom_gradient
+    def deviation(x, mean):
+        high, low = _extremes(x, axis, mask)
+        above, below = high - mean, mean - low
+        upper = above >= below
+        largest = ops.where(upper, above, below)
+        scale = ops.maximum(largest, 0.0)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            target = expand_statistics(ops.cast(ops.where(upper, high, low), x.dtype), ndim, axis)
+            hit = x == target
+            if mask is not None:
+                hit = ops.logical_and(hit, mask)
+            ties = ops.sum(ops.cast(hit, dtype), axis=axes)
+            # d scale / d target: +1 for the maximum, -1 for the minimum; none
+            # where rounding in the mean made the extreme deviation negative.
+            sign = ops.cast(ops.where(upper, 1, -1), dtype) * ops.cast(largest >= 0, dtype)
+            signed = ops.cast(upstream, dtype) * sign
+            per_tie = expand_statistics(signed / ops.maximum(ties, 1.0), ndim, axis)
+            grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
+            grad_mean = -ops.where(ties > 0, signed, ops.zeros_like(signed))
+            return grad_x, ops.cast(grad_mean, mean.dtype)
+
+        return scale, gradient
+
+    return deviation(x, ops.cast(mean, dtype))
+
+
 def _max_statistics(x, axis, mask, cross_replica, count, total, center=True):
     """Mean and `(C_inf(n) * max|x - mu|)**2` in one pass and one collective.
 
@@ -588,28 +658,29 @@ def _max_statistics(x, axis, mask, cross_replica, count, total, center=True):
     collective as the sums. Uncentered (`center=False`), mu = 0.
     """
     dtype = statistics_dtype(x.dtype)
-    axes = _reduction_axes(len(x.shape), axis)
     local_count = count
-    if mask is None:
-        high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
-    else:
-        limit = _FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
-        high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
-        low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
-    high, low = ops.cast(high, dtype), ops.cast(low, dtype)
     if center:
         mean = masked_mean(x, axis, mask, local_count, total)
-    else:
+    if cross_replica is None:
+        if not center:
+            mean = ops.zeros(_kept_shape(x, axis), dtype=dtype)
+        scale = max_abs_deviation(x, mean, axis, mask)
+        if mask is not None:  # nothing valid: the fill values, not a scale
+            scale = ops.where(count > 0, scale, ops.zeros_like(scale))
+        return mean, ops.square(linf_constant(count) * scale)
+    # Synchronized: the local extremes are gathered with the sums, and autodiff
+    # differentiates through the collective.
+    high, low = _extremes(x, axis, mask)
+    if not center:
         mean = ops.zeros_like(high)
-    if cross_replica is not None:
-        local_count = ops.convert_to_tensor(local_count, dtype=dtype)
-        (sums, count), (highs, lows) = cross_replica(
-            [mean * local_count, ops.reshape(local_count, (1,))], [high, low]
-        )
-        count = count[0]
-        if center:
-            mean = sums / ops.maximum(count, 1.0)
-        high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
+    local_count = ops.convert_to_tensor(local_count, dtype=dtype)
+    (sums, count), (highs, lows) = cross_replica(
+        [mean * local_count, ops.reshape(local_count, (1,))], [high, low]
+    )
+    count = count[0]
+    if center:
+        mean = sums / ops.maximum(count, 1.0)
+    high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
     scale = ops.maximum(ops.maximum(high - mean, mean - low), 0.0)
     if mask is not None:  # nothing valid: the fill values, not a scale
         scale = ops.where(count > 0, scale, ops.zeros_like(scale))
