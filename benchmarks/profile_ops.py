@@ -1,7 +1,7 @@
-"""Where the time of the weight-norm wrappers and top-k batch norm goes.
+"""Where the time of the weight-norm wrappers and of top-k and L-inf batch norm goes.
 
 The profile behind the optimizations recorded in docs/performance.md. For
-each of the two costs that `bench.py` showed, it times one training step's
+each of the costs that `bench.py` showed, it times one training step's
 worth of the operation alone (forward and backward, jit-compiled, candidates
 alternated, median), the straightforward version against the one tfnorms
 ships:
@@ -11,6 +11,8 @@ ships:
   closed-form custom gradient of the CWN paper's eq. 3);
 - the top-10 mean of batch norm through a transpose and a per-channel top_k
   over whole columns, against `tfnorms.ops.top_k_values` (blockwise);
+- L-inf batch norm's scale `max|x - mean|` through autodiff of a maximum and
+  a minimum, against `tfnorms.ops.max_abs_deviation` (closed-form gradient);
 
 and, on JAX, what XLA compiles for a whole MLP training step: the number of
 fused kernels and the planned bytes.
@@ -41,6 +43,25 @@ def autodiff_weight_norm_kernel(v, scale, reduce_axes, center, epsilon=1e-12):
     return w * ops.reshape(scale, (1,) * (len(v.shape) - 1) + (-1,))
 
 
+def autodiff_max_deviation(x):
+    """Per-channel max|x - mean| as max(max x - mean, mean - min x), differentiated
+    by autodiff (both reductions' gradients in full)."""
+    from keras import ops
+
+    axes = tuple(range(len(x.shape) - 1))
+    mean = ops.mean(x, axis=axes)
+    return ops.maximum(ops.max(x, axis=axes) - mean, mean - ops.min(x, axis=axes))
+
+
+def closed_form_max_deviation(x):
+    from keras import ops
+
+    from tfnorms import ops as norm_ops
+
+    axes = tuple(range(len(x.shape) - 1))
+    return norm_ops.max_abs_deviation(x, ops.mean(x, axis=axes), -1)
+
+
 def full_sort_top_k_mean(magnitude, k):
     """Mean of each channel's k largest entries: channels-first, top_k per row."""
     from keras import ops
@@ -56,6 +77,9 @@ def blockwise_top_k_mean(magnitude, k):
     from tfnorms import ops as norm_ops
 
     return ops.mean(norm_ops.top_k_values(magnitude, k, -1), axis=-1)
+
+
+JIT = True  # TensorFlow: XLA-compile the measured functions (JAX always does)
 
 
 def compiled_gradient(function, *arrays):
@@ -76,7 +100,7 @@ def compiled_gradient(function, *arrays):
 
     tensors = [tf.constant(a) for a in arrays]
 
-    @tf.function(jit_compile=True)
+    @tf.function(jit_compile=JIT)
     def grad():
         with tf.GradientTape() as tape:
             tape.watch(tensors)
@@ -157,6 +181,24 @@ def profile_top_k(steps):
         print_ratios(f"top-10 mean of {shape}, forward + backward", times)
 
 
+def profile_max_deviation(steps):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    for shape in [(128, 32, 32, 16), (128, 8, 8, 64), (1024, 512)]:
+        x = rng.normal(size=shape).astype("float32")
+        times = median_times(
+            {
+                "autodiff (both extremes differentiated)": compiled_gradient(
+                    autodiff_max_deviation, x
+                ),
+                "tfnorms (closed-form gradient)": compiled_gradient(closed_form_max_deviation, x),
+            },
+            steps,
+        )
+        print_ratios(f"L-inf scale max|x - mean| of {shape}, forward + backward", times)
+
+
 def profile_jax_mlp_step():
     """XLA's view of a whole MLP training step, plain against CWN."""
     import bench
@@ -208,13 +250,24 @@ def profile_jax_mlp_step():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=30, help="timed steps (default 30)")
+    parser.add_argument(
+        "--no-jit",
+        action="store_true",
+        help="TensorFlow: a plain tf.function graph instead of XLA (what fit runs by default)",
+    )
     args = parser.parse_args(argv)
+    global JIT
+    JIT = not args.no_jit
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    print(f"backend: {keras.backend.backend()}, median of {args.steps} alternated steps")
+    print(
+        f"backend: {keras.backend.backend()}, jit={JIT or keras.backend.backend() == 'jax'}, "
+        f"median of {args.steps} alternated steps"
+    )
     profile_weight_norm(args.steps)
     profile_top_k(args.steps)
+    profile_max_deviation(args.steps)
     if keras.backend.backend() == "jax":
         profile_jax_mlp_step()
     return 0
