@@ -454,7 +454,7 @@ def main(argv=None):
     )
     parser.add_argument(
         "--notes",
-        default=NOTES,
+        default=None,
         help="Markdown appended to the report (default benchmarks/performance_notes.md; "
         "'none' for no notes)",
     )
@@ -464,9 +464,12 @@ def main(argv=None):
         parser.error(f"--steps must be at least 20 (got {args.steps})")
     if args.worker:
         return worker(args)
-    notes = None if args.notes == "none" else args.notes
-    if notes and not os.path.exists(notes):
-        parser.error(f"--notes: no file {notes!r}")
+    if args.notes is None:  # the default notes, where the checkout has them
+        notes = NOTES if os.path.exists(NOTES) else None
+    else:
+        notes = None if args.notes == "none" else args.notes
+        if notes and not os.path.exists(notes):
+            parser.error(f"--notes: no file {notes!r}")
     if args.rerender:
         with open(args.rerender) as f:
             saved = json.load(f)

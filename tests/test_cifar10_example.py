@@ -337,6 +337,7 @@ def _block_output_stds(model, images):
     return [float(np.std(o)) for o in outputs[:-1]], outputs[-1]
 
 
+@pytest.mark.slow  # a ResNet-56 recipe property: the TensorFlow pass checks it
 @pytest.mark.parametrize("weight_norm", ["bwn", "wn"])
 def test_weight_norm_resnet56_starts_with_bounded_activations(weight_norm):
     """Issue 5: with mean-only batch norm nothing rescales the residual
@@ -360,6 +361,7 @@ def test_weight_norm_resnet56_starts_with_bounded_activations(weight_norm):
     assert float(np.std(old_logits)) > 10 * float(np.std(logits))
 
 
+@pytest.mark.slow  # a ResNet-56 recipe property: the TensorFlow pass checks it
 @pytest.mark.parametrize("weight_norm", ["bwn", "wn"])
 def test_weight_norm_resnet_preset_sgd_steps_reduce_the_loss(weight_norm):
     """The preset's own optimizer (lr 0.1, momentum 0.9, clipping at 5,
@@ -378,6 +380,7 @@ def test_weight_norm_resnet_preset_sgd_steps_reduce_the_loss(weight_norm):
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+@pytest.mark.slow  # trains small ResNets; the TensorFlow pass runs it
 def test_throughput_harness_times_each_candidate(capsys):
     from cifar10 import throughput
 

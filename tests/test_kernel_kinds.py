@@ -520,6 +520,7 @@ def test_zoo_fit_lowers_the_loss(name, rng):
     assert_fit_lowers_loss(compile_for_regression(ZOOS[name][0]()), x, y)
 
 
+@pytest.mark.slow  # every zoo model in a fresh process: the TensorFlow pass runs it
 def test_models_load_in_a_fresh_process(tmp_path, rng):
     cases = []
     for make, shape in [
