@@ -20,8 +20,8 @@ test: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
 	$(PY) -m ruff check tfnorms tests examples benchmarks scripts
 	$(PY) -m ruff format --check tfnorms tests examples benchmarks scripts
-	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 tests
-	KERAS_BACKEND=jax $(PY) -m pytest -n 2 -m "not tensorflow_only and not slow" tests
+	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --durations=15 tests
+	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --durations=15 -m "not tensorflow_only and not slow" tests
 
 # The main job: the digits comparison of every normalization.
 demo: $(PY)
