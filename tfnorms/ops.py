@@ -209,6 +209,15 @@ def _reduction_axes(ndim, axis):
     return tuple(i for i in range(ndim) if i not in kept)
 
 
+def _kept_shape(x, axis):
+    """The kept axes' sizes (run-time sizes where the static ones are None)."""
+    kept = kept_axes(len(x.shape), axis)
+    if all(x.shape[a] is not None for a in kept):
+        return tuple(x.shape[a] for a in kept)
+    dynamic = ops.shape(x)
+    return tuple(dynamic[a] if x.shape[a] is None else x.shape[a] for a in kept)
+
+
 def expand_statistics(statistic, ndim, axis):
     """A statistic of the kept axes' shape (what `lp_statistics` returns),
     with size-1 axes inserted at the reduced axes so that it broadcasts
@@ -340,10 +349,7 @@ def top_k_values(values, k, axis, pad_to_k=False):
     kept, reduced = kept_axes(ndim, axis), _reduction_axes(ndim, axis)
     order = kept + reduced
     moved = values if order == tuple(range(ndim)) else ops.transpose(values, order)
-    kept_shape = [values.shape[a] for a in kept]
-    if any(d is None for d in kept_shape):  # e.g. the batch axis in a traced graph
-        dynamic = ops.shape(values)
-        kept_shape = [dynamic[a] if d is None else d for a, d in zip(kept, kept_shape, strict=True)]
+    kept_shape = _kept_shape(values, axis)  # run-time sizes for e.g. a traced batch axis
     sizes = [values.shape[a] for a in reduced]
     n = math.prod(sizes) if all(d is not None for d in sizes) else None
     if kept == (ndim - 1,) and n is not None and n >= k and kept_shape[0] is not None:
@@ -577,15 +583,6 @@ _FLOAT_MAX = {
     "float32": 3.4028234663852886e38,
     "float64": 1.7976931348623157e308,
 }
-
-
-def _kept_shape(x, axis):
-    """The kept axes' sizes (run-time sizes where the static ones are None)."""
-    kept = kept_axes(len(x.shape), axis)
-    if all(x.shape[a] is not None for a in kept):
-        return tuple(x.shape[a] for a in kept)
-    dynamic = ops.shape(x)
-    return tuple(dynamic[a] if x.shape[a] is None else x.shape[a] for a in kept)
 
 
 def _extremes(x, axis, mask):
