@@ -7,12 +7,12 @@ alternated, median), the straightforward version against the one tfnorms
 ships:
 
 - the effective kernel of `CenteredWeightNorm`/`WeightNormalization`
-  through plain autodiff, against `tfnorms.ops.weight_norm_kernel` (the
+  through plain autodiff, against `tfnorms._math.kernel.weight_norm_kernel` (the
   closed-form custom gradient of the CWN paper's eq. 3);
 - the top-10 mean of batch norm through a transpose and a per-channel top_k
-  over whole columns, against `tfnorms.ops.top_k_values` (blockwise);
+  over whole columns, against `tfnorms._math.select.top_k_values` (blockwise);
 - L-inf batch norm's scale `max|x - mean|` through autodiff of a maximum and
-  a minimum, against `tfnorms.ops.max_abs_deviation` (closed-form gradient);
+  a minimum, against `tfnorms._math.select.max_abs_deviation` (closed-form gradient);
 
 and, on JAX, what XLA compiles for a whole MLP training step: the number of
 fused kernels and the planned bytes.
@@ -37,9 +37,9 @@ def autodiff_weight_norm_kernel(v, scale, reduce_axes, center, epsilon=1e-12):
     """The effective kernel with no custom gradient (what autodiff differentiates)."""
     from keras import ops
 
-    from tfnorms import ops as norm_ops
+    from tfnorms._math import kernel
 
-    w = norm_ops.unit_normalize(v, reduce_axes, center, epsilon)
+    w = kernel.unit_normalize(v, reduce_axes, center, epsilon)
     return w * ops.reshape(scale, (1,) * (len(v.shape) - 1) + (-1,))
 
 
@@ -56,10 +56,10 @@ def autodiff_max_deviation(x):
 def closed_form_max_deviation(x):
     from keras import ops
 
-    from tfnorms import ops as norm_ops
+    from tfnorms._math import select
 
     axes = tuple(range(len(x.shape) - 1))
-    return norm_ops.max_abs_deviation(x, ops.mean(x, axis=axes), -1)
+    return select.max_abs_deviation(x, ops.mean(x, axis=axes), -1)
 
 
 def full_sort_top_k_mean(magnitude, k):
@@ -74,9 +74,9 @@ def full_sort_top_k_mean(magnitude, k):
 def blockwise_top_k_mean(magnitude, k):
     from keras import ops
 
-    from tfnorms import ops as norm_ops
+    from tfnorms._math import select
 
-    return ops.mean(norm_ops.top_k_values(magnitude, k, -1), axis=-1)
+    return ops.mean(select.top_k_values(magnitude, k, -1), axis=-1)
 
 
 JIT = True  # TensorFlow: XLA-compile the measured functions (JAX always does)
@@ -133,7 +133,7 @@ def print_ratios(title, times):
 def profile_weight_norm(steps):
     import numpy as np
 
-    from tfnorms import ops as norm_ops
+    from tfnorms._math import kernel
 
     rng = np.random.default_rng(0)
     for shape in [(512, 512), (3, 3, 64, 64)]:
@@ -150,7 +150,7 @@ def profile_weight_norm(steps):
                         g,
                     ),
                     "tfnorms (closed-form gradient)": compiled_gradient(
-                        lambda v, g, c=center, a=axes, b=broadcast: norm_ops.weight_norm_kernel(
+                        lambda v, g, c=center, a=axes, b=broadcast: kernel.weight_norm_kernel(
                             v, g, a, b, c, 1e-12
                         ),
                         v,

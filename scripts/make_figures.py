@@ -2,7 +2,7 @@
 
 1. lp_scale_distribution.png: Monte Carlo of the Lp scale estimate against the
    true standard deviation of Gaussian batches, computed with the package's
-   own `tfnorms.ops.lp_statistics`, for p = 1, 2, inf (the maximum) and top-k
+   own `tfnorms._math.stats.lp_statistics`, for p = 1, 2, inf (the maximum) and top-k
    (p = inf, top_k = 10): a histogram of sigma_p / sigma per estimator at one
    batch size, and the mean ratio against the batch size n. The numbers are
    printed as a table and written to lp_scale_distribution.json.
@@ -32,7 +32,7 @@ import numpy as np  # noqa: E402
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = os.path.join(ROOT, "examples")
 
-# name -> (label, p, top_k) for `tfnorms.ops.lp_statistics`.
+# name -> (label, p, top_k) for `tfnorms._math.stats.lp_statistics`.
 ESTIMATORS = {
     "L1": ("$p=1$", 1.0, None),
     "L2": ("$p=2$", 2.0, None),
@@ -41,7 +41,7 @@ ESTIMATORS = {
 }
 
 # The Norm-matters supplement's bounds on E[C_inf(n) max|x - mu|] / sigma:
-# (1 + sqrt(pi ln 4)) / sqrt(8 pi ln 2) and (1 + sqrt(pi ln 4)) / 2 (SPEC section 4).
+# (1 + sqrt(pi ln 4)) / sqrt(8 pi ln 2) and (1 + sqrt(pi ln 4)) / 2 (docs/design.md).
 LINF_BOUNDS = (
     (1 + math.sqrt(math.pi * math.log(4))) / math.sqrt(8 * math.pi * math.log(2)),
     (1 + math.sqrt(math.pi * math.log(4))) / 2,
@@ -55,7 +55,7 @@ def scale_ratios(n, trials, sigma, seed, mean=0.5):
     `n` samples: one (n, trials) array, each channel an independent batch."""
     import keras
 
-    from tfnorms import ops as tfops
+    from tfnorms._math import stats
 
     rng = np.random.default_rng(seed)
     x = rng.normal(mean, sigma, size=(n, trials)).astype("float32")
@@ -63,7 +63,7 @@ def scale_ratios(n, trials, sigma, seed, mean=0.5):
     for name, (_, p, top_k) in ESTIMATORS.items():
         if top_k is not None and top_k > n:
             continue
-        _, variance = tfops.lp_statistics(x, axis=-1, p=p, top_k=top_k)
+        _, variance = stats.lp_statistics(x, axis=-1, p=p, top_k=top_k)
         scale = np.sqrt(keras.ops.convert_to_numpy(variance).astype("float64"))
         ratios[name] = scale / sigma
     return ratios

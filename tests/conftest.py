@@ -6,7 +6,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # float64 layers (used for exact gradient checks) need 64-bit JAX.
 os.environ.setdefault("JAX_ENABLE_X64", "1")
-sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "support"))
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402

@@ -3,18 +3,19 @@
 Import it before `keras.saving.load_model` so that Keras finds its classes.
 """
 
-from tfnorms.batch_norm import (
+from tfnorms._math.reduce import linf_constant, lp_constant
+from tfnorms.constraints import CenteredUnitNorm, FixedNorm
+from tfnorms.layers.batch_norm import (
     L1BatchNormalization,
     LinfBatchNormalization,
     LpBatchNormalization,
 )
-from tfnorms.bounded_weight_norm import BoundedWeightNorm
-from tfnorms.constraints import CenteredUnitNorm, FixedNorm
-from tfnorms.group_norm import LpGroupNormalization
-from tfnorms.layer_norm import L1LayerNormalization, LpLayerNormalization
-from tfnorms.mean_only_batch_norm import MeanOnlyBatchNormalization
+from tfnorms.layers.bounded_weight_norm import BoundedWeightNorm
+from tfnorms.layers.group_norm import LpGroupNormalization
+from tfnorms.layers.layer_norm import L1LayerNormalization, LpLayerNormalization
+from tfnorms.layers.mean_only_batch_norm import MeanOnlyBatchNormalization
+from tfnorms.layers.weight_norm import CenteredWeightNorm, WeightNormalization
 from tfnorms.model_tools import convert_model, data_init, strip
-from tfnorms.weight_norm import CenteredWeightNorm, WeightNormalization
 
 __version__ = "0.1.0"
 
@@ -34,5 +35,7 @@ __all__ = [
     "__version__",
     "convert_model",
     "data_init",
+    "linf_constant",
+    "lp_constant",
     "strip",
 ]

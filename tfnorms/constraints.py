@@ -39,7 +39,7 @@ from typing import Any
 import keras
 
 from tfnorms import _validation, axes
-from tfnorms import ops as norm_ops
+from tfnorms._math.kernel import unit_normalize
 from tfnorms._types import Axes, Tensor
 
 
@@ -103,7 +103,7 @@ class _UnitConstraint(keras.constraints.Constraint):
     def __call__(self, w: Tensor) -> Tensor:
         w = keras.ops.convert_to_tensor(w)
         kernel_axes = self.kernel_axes(len(w.shape))
-        projected = norm_ops.unit_normalize(
+        projected = unit_normalize(
             w, kernel_axes.reduce_axes, center=self._center, epsilon=self.epsilon
         )
         return projected * keras.ops.cast(self.value, projected.dtype)

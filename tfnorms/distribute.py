@@ -1,9 +1,10 @@
 """Cross-replica reductions for synchronized statistics.
 
-The one TensorFlow-specific module of the package (SPEC section 7). The layers
-hand `cross_replica_reduce` to the pure statistics functions of
-`tfnorms.ops` when they are synchronized and run in a replica context of a
-`tf.distribute` strategy with more than one replica (`MirroredStrategy`,
+The one TensorFlow-specific module of the package (docs/design.md,
+"Distribution"). The layers hand `reduction(synchronized)` to the pure
+statistics functions of `tfnorms._math.stats`; it wraps `cross_replica_reduce`
+when they are synchronized and run in a replica context of a `tf.distribute`
+strategy with more than one replica (`MirroredStrategy`,
 `MultiWorkerMirroredStrategy`, ...).
 
 Design:
@@ -30,6 +31,8 @@ Design:
 from __future__ import annotations
 
 import keras
+
+from tfnorms._math import replicas
 
 
 def replica_context():
@@ -99,13 +102,13 @@ def cross_replica_reduce(sums=(), gathers=(), context=None):
     return summed, gathered
 
 
-def reducer(synchronized):
-    """The `cross_replica` argument of the `tfnorms.ops` statistics: this
-    module's reduction when `synchronized` and there are replicas to reduce
-    over, else `None` (local statistics)."""
-    if not synchronized:
-        return None
-    context = replica_context()
+def reduction(synchronized):
+    """The `reduction` argument of the statistics (`tfnorms._math.stats`): a
+    `Replicated` over this module's collective when `synchronized` and there
+    are replicas to reduce over, else `LOCAL` (the statistics of this batch)."""
+    context = replica_context() if synchronized else None
     if context is None:
-        return None
-    return lambda sums, gathers: cross_replica_reduce(sums, gathers, context=context)
+        return replicas.LOCAL
+    return replicas.Replicated(
+        lambda sums, gathers: cross_replica_reduce(sums, gathers, context=context)
+    )

@@ -15,13 +15,9 @@ import numpy as np
 
 from tfnorms import axes
 from tfnorms._types import NormReplacement
-from tfnorms.bounded_weight_norm import BoundedWeightNorm
-from tfnorms.weight_norm import (
-    NORM_INITIALIZER,
-    CenteredWeightNorm,
-    KernelNormWrapper,
-    WeightNormalization,
-)
+from tfnorms.layers.bounded_weight_norm import BoundedWeightNorm
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
+from tfnorms.layers.weight_norm import NORM_INITIALIZER, CenteredWeightNorm, WeightNormalization
 
 # --------------------------------------------------------------------------
 # Walking a model

@@ -9,7 +9,7 @@ import numpy as np
 
 import tfnorms  # noqa: F401  (registers the classes)
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 
 
 def test_file_from_0_1_0_loads_with_the_same_outputs():

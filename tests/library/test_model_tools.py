@@ -18,7 +18,7 @@ from layer_checks import (
 )
 
 import tfnorms
-from tfnorms.weight_norm import KernelNormWrapper
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 
 L = keras.layers
 WN, CWN, BWN = tfnorms.WeightNormalization, tfnorms.CenteredWeightNorm, tfnorms.BoundedWeightNorm

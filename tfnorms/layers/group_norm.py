@@ -1,7 +1,7 @@
 """Lp group normalization: Keras's `GroupNormalization` with the Lp estimate
-of the standard deviation of SPEC section 4 ("Norm matters", Hoffer et al.,
-NeurIPS 2018), computed by the same `tfnorms.ops.lp_statistics` as the batch
-and layer norms.
+of the standard deviation ("Norm matters", Hoffer et al., NeurIPS 2018;
+docs/design.md, "Lp batch normalization"), computed by the same statistics as
+the batch and layer norms.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms import ops as norm_ops
+from tfnorms._math.apply import normalize
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
-from tfnorms.layer_norm import PerExampleLpNormalization
+from tfnorms.layers.per_example import PerExampleLpNormalization
 
 
 def _groups(value):
@@ -134,12 +134,8 @@ class LpGroupNormalization(PerExampleLpNormalization):
     def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         self._channel_axis = self._check_axis(ndim)
+        self._check_known_sizes(input_shape, (self._channel_axis,), self.axis)
         channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"Layer '{self.name}' needs a known size on its axis {self.axis}; "
-                f"received input shape {tuple(input_shape)}."
-            )
         groups = channels if self.groups == -1 else self.groups
         if groups > channels or channels % groups:
             raise ValueError(
@@ -149,7 +145,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
             )
         self._groups_built = groups
         self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self.axis: channels})
-        self._add_affine_weights((channels,), with_gamma=self.scale, with_beta=self.center)
+        self._add_affine_weights((channels,), gamma=self.scale, beta=self.center)
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
         self._check_axis(len(input_shape))
@@ -179,7 +175,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
         def per_channel(variable):
             return None if variable is None else ops.reshape(variable, bshape)
 
-        outputs = norm_ops.normalize_broadcast(
+        outputs = normalize(
             grouped,
             mean,
             variance,

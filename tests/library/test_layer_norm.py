@@ -29,7 +29,8 @@ from layer_checks import (
 )
 
 import tfnorms
-from tfnorms import ops as norm_ops
+from tfnorms._math.replicas import Replicated
+from tfnorms._math.stats import lp_statistics
 
 P_CASES = [(1.0, None), (3.0, None), (math.inf, None), (math.inf, 3)]
 P_IDS = [f"p{p}" + (f"-top{k}" if k else "") for p, k in P_CASES]
@@ -328,7 +329,7 @@ def test_lp_statistics_with_kept_axes_matches_numpy(rng):
     for p, top_k in P_CASES + [(2.0, None)]:
         for kept, m in [((0,), None), ((0, 2), None), ((0,), mask), ((0, 2), mask)]:
             axes = [a for a in range(3) if a not in kept]
-            mean, variance = norm_ops.lp_statistics(x, kept, p=p, top_k=top_k, mask=m)
+            mean, variance = lp_statistics(x, kept, p=p, top_k=top_k, mask=m)
             want_mean, want_variance = pref.per_example_statistics(x, axes, p, top_k, m)
             np.testing.assert_allclose(
                 to_numpy(mean), np.squeeze(want_mean, tuple(axes)), rtol=1e-10, atol=1e-12
@@ -337,7 +338,7 @@ def test_lp_statistics_with_kept_axes_matches_numpy(rng):
                 to_numpy(variance), np.squeeze(want_variance, tuple(axes)), rtol=1e-7
             )
             # Uncentered: mean 0, the scale around 0.
-            zero, variance = norm_ops.lp_statistics(x, kept, p=p, top_k=top_k, center=False)
+            zero, variance = lp_statistics(x, kept, p=p, top_k=top_k, center=False)
             _, want_variance = pref.per_example_statistics(x, axes, p, top_k, center=False)
             np.testing.assert_array_equal(to_numpy(zero), 0.0)
             np.testing.assert_allclose(
@@ -348,7 +349,7 @@ def test_lp_statistics_with_kept_axes_matches_numpy(rng):
 def test_kept_axes_refuse_cross_replica_reduction(rng):
     x = ops.convert_to_tensor(rng.normal(size=(3, 4)))
     with pytest.raises(ValueError, match="one channel axis"):
-        norm_ops.lp_statistics(x, (0, 1), cross_replica=lambda sums, gathers: (sums, gathers))
+        lp_statistics(x, (0, 1), reduction=Replicated(lambda sums, gathers: (sums, gathers)))
 
 
 @pytest.mark.tensorflow_only

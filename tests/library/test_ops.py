@@ -12,7 +12,7 @@ from lp_reference import c_inf as np_c_inf
 from lp_reference import gaussian_abs_moment as np_gaussian_abs_moment
 from lp_reference import lp_statistics as np_lp_statistics
 
-from tfnorms import ops as norm_ops
+from tfnorms._math import apply, reduce, select, stats
 
 
 def t(x):
@@ -31,49 +31,49 @@ P_IDS = [f"p{p}" + (f"-top{k}" if k else "") for p, k in P_CASES]
 @pytest.mark.parametrize("p", [1, 1.5, 2, 3, 4.5, 8])
 def test_lp_constant_makes_gaussian_scale_unbiased(p):
     # C_p * E(|X|^p)^(1/p) = 1 for the standard normal.
-    assert norm_ops.lp_constant(p) * np_gaussian_abs_moment(p) ** (1 / p) == pytest.approx(
+    assert reduce.lp_constant(p) * np_gaussian_abs_moment(p) ** (1 / p) == pytest.approx(
         1.0, rel=1e-9
     )
 
 
 def test_lp_constant_published_values():
-    assert norm_ops.lp_constant(1) == pytest.approx(math.sqrt(math.pi / 2), rel=1e-12)
-    assert norm_ops.lp_constant(2) == pytest.approx(1.0, rel=1e-12)
-    assert norm_ops.lp_constant(3) == pytest.approx(0.8557, abs=5e-5)
+    assert reduce.lp_constant(1) == pytest.approx(math.sqrt(math.pi / 2), rel=1e-12)
+    assert reduce.lp_constant(2) == pytest.approx(1.0, rel=1e-12)
+    assert reduce.lp_constant(3) == pytest.approx(0.8557, abs=5e-5)
     # Large p goes through lgamma: finite, no overflow.
-    assert math.isfinite(norm_ops.lp_constant(1000.0))
+    assert math.isfinite(reduce.lp_constant(1000.0))
 
 
 @pytest.mark.parametrize("p", [0.5, math.inf, math.nan])
 def test_lp_constant_refuses_bad_p(p):
     with pytest.raises(ValueError, match="p >= 1"):
-        norm_ops.lp_constant(p)
+        reduce.lp_constant(p)
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 1000, 10**6])
 def test_linf_constant_formula_and_bounds(n):
-    assert norm_ops.linf_constant(n) == pytest.approx(np_c_inf(n), rel=1e-12)
+    assert reduce.linf_constant(n) == pytest.approx(np_c_inf(n), rel=1e-12)
     # The supplement's bounds: C_inf(n) times the two bounds on E||x - mu||_inf
     # are the same constants for every n: 0.740 and 1.543 (the paper prints
     # 0.793 for the first, an arithmetic slip).
     if n > 2:
-        lower = norm_ops.linf_constant(n) * math.sqrt(math.log(n) / (math.pi * math.log(2)))
-        upper = norm_ops.linf_constant(n) * math.sqrt(2 * math.log(n))
+        lower = reduce.linf_constant(n) * math.sqrt(math.log(n) / (math.pi * math.log(2)))
+        upper = reduce.linf_constant(n) * math.sqrt(2 * math.log(n))
         assert lower == pytest.approx(0.740, abs=5e-4)
         assert upper == pytest.approx(1.543, abs=5e-4)
 
 
 @pytest.mark.parametrize("n", [0, 1, 1.5, 2])
 def test_linf_constant_guards_small_n(n):
-    value = norm_ops.linf_constant(n)
+    value = reduce.linf_constant(n)
     assert math.isfinite(value) and value == pytest.approx(np_c_inf(2))
-    tensor = to_numpy(norm_ops.linf_constant(t(float(n))))
+    tensor = to_numpy(reduce.linf_constant(t(float(n))))
     assert np.isfinite(tensor) and tensor == pytest.approx(np_c_inf(2), rel=1e-6)
 
 
 def test_linf_constant_tensor_matches_python():
     n = np.array([2.0, 5.0, 64.0, 1e5])
-    got = to_numpy(norm_ops.linf_constant(t(n)))
+    got = to_numpy(reduce.linf_constant(t(n)))
     np.testing.assert_allclose(got, [np_c_inf(v) for v in n], rtol=1e-12)
 
 
@@ -82,7 +82,7 @@ def test_linf_constant_tensor_matches_python():
 @pytest.mark.parametrize("axis", [-1, 1])
 def test_lp_statistics_match_numpy(p, top_k, axis, rng):
     x = rng.normal(1.5, 2.0, size=(6, 3, 5, 4)) * rng.uniform(0.5, 3, size=(1, 3, 1, 4))
-    mean, variance = norm_ops.lp_statistics(t(x), axis, p=p, top_k=top_k)
+    mean, variance = stats.lp_statistics(t(x), axis, p=p, top_k=top_k)
     want_mean, want_variance = np_lp_statistics(x, axis, p, top_k)
     np.testing.assert_allclose(to_numpy(mean), want_mean, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(to_numpy(variance), want_variance, rtol=1e-8)
@@ -92,7 +92,7 @@ def test_lp_statistics_match_numpy(p, top_k, axis, rng):
 def test_lp_statistics_with_mask_match_numpy(p, top_k, rng):
     x = rng.normal(-1.0, 3.0, size=(5, 7, 3))
     mask = rng.uniform(size=(5, 7, 1)) < 0.6
-    mean, variance = norm_ops.lp_statistics(t(x), -1, p=p, top_k=top_k, mask=t(mask))
+    mean, variance = stats.lp_statistics(t(x), -1, p=p, top_k=top_k, mask=t(mask))
     want_mean, want_variance = np_lp_statistics(x, -1, p, top_k, mask=mask)
     np.testing.assert_allclose(to_numpy(mean), want_mean, rtol=1e-8, atol=1e-12)
     np.testing.assert_allclose(to_numpy(variance), want_variance, rtol=1e-8)
@@ -100,7 +100,7 @@ def test_lp_statistics_with_mask_match_numpy(p, top_k, rng):
 
 def test_lp_statistics_float32_dtype_and_float16_accumulate_in_float32(rng):
     x = rng.normal(size=(8, 3)).astype("float16")
-    mean, variance = norm_ops.lp_statistics(t(x), -1, p=1)
+    mean, variance = stats.lp_statistics(t(x), -1, p=1)
     assert keras.backend.standardize_dtype(mean.dtype) == "float32"
     assert keras.backend.standardize_dtype(variance.dtype) == "float32"
     want_mean, want_variance = np_lp_statistics(x.astype(np.float64), -1, 1.0)
@@ -111,7 +111,7 @@ def test_lp_statistics_float32_dtype_and_float16_accumulate_in_float32(rng):
 def test_top_k_with_fewer_elements_than_k(rng):
     # n = 4 < k = 10: the mean of all four deviations.
     x = rng.normal(size=(4, 3))
-    _, variance = norm_ops.lp_statistics(t(x), -1, p=math.inf, top_k=10)
+    _, variance = stats.lp_statistics(t(x), -1, p=math.inf, top_k=10)
     dev = np.abs(x - x.mean(0))
     np.testing.assert_allclose(to_numpy(variance), (np_c_inf(4) * dev.mean(0)) ** 2, rtol=1e-8)
 
@@ -148,12 +148,12 @@ def test_top_k_values_match_a_full_sort_with_their_gradient(shape, k, ties, rng)
     weights = rng.uniform(1.0, 2.0, size=shape[-1])
 
     def weighted_top_sum(values):
-        top = norm_ops.top_k_values(values, k, -1)
+        top = select.top_k_values(values, k, -1)
         return ops.sum(ops.sum(top, axis=-1) * ops.convert_to_tensor(weights, top.dtype))
 
     columns = x.reshape(-1, shape[-1])
     want_top = -np.sort(-columns, axis=0)[:k].T  # (channels, k), descending
-    top = to_numpy(norm_ops.top_k_values(t(x), k, -1))
+    top = to_numpy(select.top_k_values(t(x), k, -1))
     np.testing.assert_array_equal(-np.sort(-top, axis=-1), want_top)
 
     value, grad = _function_and_gradient(weighted_top_sum, x)
@@ -180,7 +180,7 @@ def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng
     weights = rng.uniform(1.0, 2.0, size=shape[-1])
 
     def weighted(x, mean):
-        value = norm_ops.top_k_deviation_mean(x, mean, k, -1, mask_t)
+        value = select.top_k_deviation_mean(x, mean, k, -1, mask_t)
         return ops.sum(value * ops.convert_to_tensor(weights, value.dtype))
 
     deviation = np.where(mask, np.abs(x - mean), -1.0).reshape(-1, shape[-1])
@@ -232,7 +232,7 @@ def test_max_abs_deviation_and_its_gradient_match_numpy(axis, masked, rng):
     weights = rng.uniform(1.0, 2.0, size=mean.shape)
 
     def weighted(x, mean):
-        value = norm_ops.max_abs_deviation(x, mean, axis, t(mask) if masked else None)
+        value = select.max_abs_deviation(x, mean, axis, t(mask) if masked else None)
         return ops.sum(value * ops.convert_to_tensor(weights, value.dtype))
 
     expand = np.expand_dims(mean, reduced)
@@ -264,7 +264,7 @@ def test_max_abs_deviation_shares_the_gradient_among_ties():
     the mean, gets nothing; a constant channel gets a finite gradient."""
     x = np.array([[3.0, 1.0]] * 3 + [[0.0, 1.0]] * 7)  # column 0: mean 0.9
     value, grad = _function_and_gradient(
-        lambda v: ops.sum(norm_ops.max_abs_deviation(v, ops.mean(v, axis=0), -1)), x
+        lambda v: ops.sum(select.max_abs_deviation(v, ops.mean(v, axis=0), -1)), x
     )
     assert float(value) == pytest.approx(3.0 - 0.9)
     # Column 0: 1/3 on each maximum, and through the mean -1/10 on every entry.
@@ -277,7 +277,7 @@ def test_top_k_deviation_mean_splits_the_gradient_among_ties():
     1/3 each and the tied five share the last 1/3."""
     x = np.array([9.0, 8.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 0.0])[:, None]
     value, grad = _function_and_gradient(
-        lambda v: ops.sum(norm_ops.top_k_deviation_mean(v, None, 3, -1)), x
+        lambda v: ops.sum(select.top_k_deviation_mean(v, None, 3, -1)), x
     )
     assert float(value) == pytest.approx((9 + 8 + 5) / 3)
     np.testing.assert_allclose(grad[:, 0], [1 / 3, 1 / 3] + [1 / 15] * 5 + [0, 0, 0], atol=1e-12)
@@ -291,11 +291,11 @@ def test_top_k_with_unknown_batch_size_pads_with_sentinels(rows, rng):
     import tensorflow as tf
 
     @tf.function(input_signature=[tf.TensorSpec([None, 2, 3], tf.float64)])
-    def stats(x):
-        return norm_ops.lp_statistics(x, -1, p=math.inf, top_k=5)
+    def traced(x):
+        return stats.lp_statistics(x, -1, p=math.inf, top_k=5)
 
     x = rng.normal(size=(rows, 2, 3))
-    mean, variance = stats(tf.constant(x))
+    mean, variance = traced(tf.constant(x))
     want_mean, want_variance = np_lp_statistics(x, -1, math.inf, min(5, rows * 2))
     np.testing.assert_allclose(mean.numpy(), want_mean, rtol=1e-8)
     np.testing.assert_allclose(variance.numpy(), want_variance, rtol=1e-8)
@@ -309,7 +309,7 @@ def test_top_k_gradient_with_unknown_batch_size_and_kept_axes(rng):
     import tensorflow as tf
 
     def loss(x):
-        _, variance = norm_ops.lp_statistics(x, (0, 1), p=math.inf, top_k=3)
+        _, variance = stats.lp_statistics(x, (0, 1), p=math.inf, top_k=3)
         return ops.sum(variance)
 
     @tf.function(input_signature=[tf.TensorSpec([None, 5, 8], tf.float64)])
@@ -331,13 +331,13 @@ def test_top_k_gradient_with_unknown_batch_size_and_kept_axes(rng):
 def test_degenerate_inputs_give_finite_statistics():
     for x in (np.full((1, 3), 2.5), np.full((6, 3), -1.0), np.zeros((1, 1, 2))):
         for p, top_k in P_CASES:
-            mean, variance = norm_ops.lp_statistics(t(x), -1, p, top_k)
+            mean, variance = stats.lp_statistics(t(x), -1, p, top_k)
             np.testing.assert_allclose(to_numpy(mean), x.reshape(-1, x.shape[-1])[0])
             np.testing.assert_array_equal(to_numpy(variance), 0.0)
     # Everything masked: zeros, not NaN.
     x = np.ones((3, 2))
     for p, top_k in P_CASES:
-        mean, variance = norm_ops.lp_statistics(
+        mean, variance = stats.lp_statistics(
             t(x), -1, p, top_k, mask=ops.zeros((3, 1), dtype="bool")
         )
         np.testing.assert_array_equal(to_numpy(mean), 0.0)
@@ -346,11 +346,11 @@ def test_degenerate_inputs_give_finite_statistics():
 
 def test_mean_statistics_match_numpy(rng):
     x = rng.normal(2.0, size=(4, 5, 3))
-    np.testing.assert_allclose(to_numpy(norm_ops.mean_statistics(t(x), -1)), x.mean((0, 1)))
-    np.testing.assert_allclose(to_numpy(norm_ops.mean_statistics(t(x), 1)), x.mean((0, 2)))
+    np.testing.assert_allclose(to_numpy(stats.mean_statistics(t(x), -1)), x.mean((0, 1)))
+    np.testing.assert_allclose(to_numpy(stats.mean_statistics(t(x), 1)), x.mean((0, 2)))
     mask = rng.uniform(size=(4, 5, 1)) < 0.5
     want = (x * mask).sum((0, 1)) / mask.sum()
-    np.testing.assert_allclose(to_numpy(norm_ops.mean_statistics(t(x), -1, mask=t(mask))), want)
+    np.testing.assert_allclose(to_numpy(stats.mean_statistics(t(x), -1, mask=t(mask))), want)
 
 
 def test_normalize_and_subtract_mean_match_numpy(rng):
@@ -361,33 +361,38 @@ def test_normalize_and_subtract_mean_match_numpy(rng):
     want = gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(
         variance.reshape(shape) + 1e-3
     ) + beta.reshape(shape)
-    got = norm_ops.normalize(
-        t(x), t(mean), t(variance), 1, gamma=t(gamma), beta=t(beta), epsilon=1e-3
-    )
+    def c(v):  # per channel, broadcasting against x
+        return apply.per_channel(t(v), 3, 1)
+
+    got = apply.normalize(t(x), c(mean), c(variance), gamma=c(gamma), beta=c(beta), epsilon=1e-3)
     np.testing.assert_allclose(to_numpy(got), want, rtol=1e-12)
-    got = norm_ops.normalize(t(x), t(mean), t(variance), 1, epsilon=1e-3)
+    got = apply.normalize(t(x), c(mean), c(variance), epsilon=1e-3)
     want = (x - mean.reshape(shape)) / np.sqrt(variance.reshape(shape) + 1e-3)
     np.testing.assert_allclose(to_numpy(got), want, rtol=1e-12)
-    got = norm_ops.subtract_mean(t(x), t(mean), 1, beta=t(beta))
+    got = apply.normalize(t(x), None, c(variance), gamma=c(gamma), epsilon=1e-3)
+    want = gamma.reshape(shape) * x / np.sqrt(variance.reshape(shape) + 1e-3)
+    np.testing.assert_allclose(to_numpy(got), want, rtol=1e-12)
+    got = apply.subtract_mean(t(x), c(mean), beta=c(beta))
     np.testing.assert_allclose(to_numpy(got), x - mean.reshape(shape) + beta.reshape(shape))
 
 
 def test_normalize_keeps_float16_activations_finite_with_a_huge_variance():
     # sigma^2 = 4e6 does not fit in float16; the per-channel factor 1/sigma does.
     x = ops.convert_to_tensor(np.array([[-2000.0], [2000.0]], np.float16))
-    got = norm_ops.normalize(x, ops.zeros((1,)), ops.full((1,), 4e6), -1, epsilon=1e-3)
+    got = apply.normalize(x, ops.zeros((1, 1)), ops.full((1, 1), 4e6), epsilon=1e-3)
     assert keras.backend.standardize_dtype(got.dtype) == "float16"
     np.testing.assert_allclose(to_numpy(got).astype(float).ravel(), [-1.0, 1.0], rtol=1e-3)
 
 
 def test_cross_replica_reduce_is_identity_without_replicas():
     from tfnorms import distribute
+    from tfnorms._math.replicas import LOCAL
 
     a, b = ops.ones((3,)), ops.full((2, 4), 2.0)
     (summed,), (gathered,) = distribute.cross_replica_reduce([a], [b])
     np.testing.assert_array_equal(to_numpy(summed), np.ones(3))
     assert tuple(gathered.shape) == (1, 2, 4)
-    assert distribute.reducer(True) is None  # no strategy: local statistics
-    assert distribute.reducer(False) is None
+    assert distribute.reduction(True) is LOCAL  # no strategy: local statistics
+    assert distribute.reduction(False) is LOCAL
     if not is_tensorflow():
         assert distribute.replica_context() is None

@@ -8,8 +8,8 @@ import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms import ops as norm_ops
-from tfnorms.weight_norm import KernelNormWrapper
+from tfnorms._math.kernel import fixed_frobenius_gain, weight_norm_kernel
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -91,12 +91,10 @@ class BoundedWeightNorm(KernelNormWrapper):
     def _effective_kernel(self, variable, kernel_axes):
         rho = self._rhos[kernel_axes.name].value
         if self.per_unit_gain:
-            scale = norm_ops.fixed_frobenius_gain(
-                self._gains[kernel_axes.name].value, rho, self.epsilon
-            )
+            scale = fixed_frobenius_gain(self._gains[kernel_axes.name].value, rho, self.epsilon)
         else:
             scale = rho
-        return norm_ops.weight_norm_kernel(
+        return weight_norm_kernel(
             variable.value,
             scale,
             kernel_axes.reduce_axes,

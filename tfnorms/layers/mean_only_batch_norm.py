@@ -1,4 +1,4 @@
-"""Mean-only batch normalization (SPEC section 4, last items).
+"""Mean-only batch normalization (docs/design.md, "Mean-only batch normalization").
 
     y = x - mean(x) + beta
 
@@ -16,9 +16,11 @@ import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms import ops as norm_ops
+from tfnorms._math.apply import subtract_mean
+from tfnorms._math.reduce import statistics_dtype
+from tfnorms._math.stats import mean_statistics
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
-from tfnorms.batch_norm import BatchStatisticsLayer
+from tfnorms.layers.batch_statistics import BatchStatisticsLayer
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -49,6 +51,8 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
     Variables, in order: `beta` (when `center`), `moving_mean`.
     """
 
+    AFFINE = ("beta",)
+
     def __init__(
         self,
         axis: int = -1,
@@ -66,68 +70,43 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
             axis=axis,
             momentum=momentum,
             synchronized=synchronized,
+            center=center,
+            beta_initializer=beta_initializer,
+            beta_regularizer=beta_regularizer,
+            beta_constraint=beta_constraint,
             low_precision=low_precision,
             **kwargs,
         )
-        self.center = _validation.boolean("center", center)
-        self.beta_initializer = _validation.initializer("beta_initializer", beta_initializer)
         self.moving_mean_initializer = _validation.initializer(
             "moving_mean_initializer", moving_mean_initializer
         )
-        self.beta_regularizer = _validation.regularizer("beta_regularizer", beta_regularizer)
-        self.beta_constraint = _validation.constraint("beta_constraint", beta_constraint)
-        self.beta = None
         self.moving_mean = None
 
     def build(self, input_shape: Shape) -> None:
         shape = super().build(input_shape)
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        self.moving_mean = self.add_weight(
-            shape=shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
+        self._add_affine_weights(shape, gamma=False, beta=self.center)
+        self._add_moving("moving_mean", shape, self.moving_mean_initializer)
 
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
         mask = self._channel_mask(inputs, mask)
         x = self._working_inputs(inputs)
-        dtype = norm_ops.statistics_dtype(x.dtype)
+        dtype = statistics_dtype(x.dtype)
         if training and self.trainable:
-            mean = norm_ops.mean_statistics(
-                x, self._channel_axis, mask=mask, cross_replica=self._cross_replica()
-            )
+            mean = mean_statistics(x, self._channel_axis, mask=mask, reduction=self._reduction())
             self._update_moving(self.moving_mean, mean)
         else:
             mean = ops.cast(self.moving_mean, dtype)
-        outputs = norm_ops.subtract_mean(
-            x, mean, self._channel_axis, beta=self._cast_variable(self.beta, dtype)
+        ndim = len(x.shape)
+        outputs = subtract_mean(
+            x, self._per_channel(mean, dtype, ndim), beta=self._per_channel(self.beta, dtype, ndim)
         )
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
-        config.update(
-            {
-                "center": self.center,
-                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-                "moving_mean_initializer": keras.initializers.serialize(
-                    self.moving_mean_initializer
-                ),
-                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-            }
+        config["moving_mean_initializer"] = keras.initializers.serialize(
+            self.moving_mean_initializer
         )
         return config

@@ -281,7 +281,7 @@ def test_multiworker_two_processes_match_one_device(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TF_CONFIG", None)
-    script = os.path.join(os.path.dirname(__file__), "multiworker_worker.py")
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "multiworker_worker.py")
     ports = free_ports(2)
     processes = [
         subprocess.Popen(

@@ -3,152 +3,25 @@ al., NeurIPS 2018).
 
 `LpLayerNormalization` normalizes each example over its features (one axis or
 several, as `keras.layers.LayerNormalization`) by the Lp estimate of the
-standard deviation of SPEC section 4; `L1LayerNormalization` is its p=1
-preset. `rms_scaling=True` gives the uncentered form, the Lp counterpart of
-RMSNorm. The statistics are `tfnorms.ops.lp_statistics`, the same code as the
-batch norms' (there per channel over the batch, here per example over the
-features).
-
-`PerExampleLpNormalization` holds what layer and group normalization share
-(`tfnorms.group_norm` builds on it).
+standard deviation (docs/design.md, "Lp batch normalization");
+`L1LayerNormalization` is its p=1 preset. `rms_scaling=True` gives the
+uncentered form, the Lp counterpart of RMSNorm. The statistics are the batch
+norms' (`tfnorms._math.stats`), there per channel over the batch, here per
+example over the features.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms import ops as norm_ops
+from tfnorms._math.apply import normalize
 from tfnorms._types import Axes, ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
-
-
-class PerExampleLpNormalization(keras.layers.Layer):
-    """The arguments, variables and dtype policy shared by Lp layer and group
-    normalization: statistics per example (nothing moves between batches, so
-    training and inference compute the same thing and there are no moving
-    statistics), a learned per-feature `gamma` and `beta`.
-
-    Subclasses set `self._axes` in `build` and compute in `call`.
-    """
-
-    def __init__(
-        self,
-        p: float | str = 2,
-        top_k: int | None = None,
-        epsilon: float = 1e-3,
-        center: bool = True,
-        scale: bool = True,
-        beta_initializer: InitializerLike = "zeros",
-        gamma_initializer: InitializerLike = "ones",
-        beta_regularizer: RegularizerLike = None,
-        gamma_regularizer: RegularizerLike = None,
-        beta_constraint: ConstraintLike = None,
-        gamma_constraint: ConstraintLike = None,
-        low_precision: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.p = _validation.norm_order("p", p)
-        self.top_k = _validation.top_k_for_order(top_k, self.p)
-        self.epsilon = _validation.positive_float("epsilon", epsilon)
-        self.center = _validation.boolean("center", center)
-        self.scale = _validation.boolean("scale", scale)
-        self.beta_initializer = _validation.initializer("beta_initializer", beta_initializer)
-        self.gamma_initializer = _validation.initializer("gamma_initializer", gamma_initializer)
-        self.beta_regularizer = _validation.regularizer("beta_regularizer", beta_regularizer)
-        self.gamma_regularizer = _validation.regularizer("gamma_regularizer", gamma_regularizer)
-        self.beta_constraint = _validation.constraint("beta_constraint", beta_constraint)
-        self.gamma_constraint = _validation.constraint("gamma_constraint", gamma_constraint)
-        self.low_precision = _validation.boolean("low_precision", low_precision)
-        self.supports_masking = True
-        # As Keras's layer and group norms: inputs keep their dtype (a float32
-        # input under mixed_float16 is not rounded to float16 first).
-        self.autocast = False
-        self.gamma = None
-        self.beta = None
-
-    def _add_affine_weights(self, shape, with_gamma, with_beta):
-        """gamma then beta, Keras's order and names, so weights move both ways."""
-        if with_gamma:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if with_beta:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
-
-    def _working_inputs(self, inputs):
-        return ops.cast(inputs, norm_ops.working_dtype(inputs.dtype, self.low_precision))
-
-    def _statistics(self, x, kept, mask, center=True):
-        """Per-example mean and sigma_p**2, expanded to broadcast against x."""
-        mean, variance = norm_ops.lp_statistics(
-            x, kept, p=self.p, top_k=self.top_k, mask=mask, center=center
-        )
-        ndim = len(x.shape)
-        return (
-            norm_ops.expand_statistics(mean, ndim, kept),
-            norm_ops.expand_statistics(variance, ndim, kept),
-        )
-
-    @staticmethod
-    def _varying_mask(mask, reduced):
-        """The mask when it can differ between the elements of one statistic
-        (it varies along a reduced axis); otherwise None. A mask that varies
-        only along the kept axes (e.g. over time steps when each time step is
-        normalized over its own features) leaves the statistics as Keras's."""
-        if mask is None or all(mask.shape[a] == 1 for a in reduced):
-            return None
-        return mask
-
-    def _check_mask_rank(self, inputs, mask, without):
-        if len(mask.shape) != len(inputs.shape) - 1:
-            raise ValueError(
-                f"Layer '{self.name}' takes a mask with one dimension less than its "
-                f"inputs (all but the {without} axis); received mask.shape={mask.shape}, "
-                f"inputs.shape={inputs.shape}."
-            )
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        return input_shape
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                # "inf" rather than float("inf"): JSON has no infinity.
-                "p": "inf" if math.isinf(self.p) else self.p,
-                "top_k": self.top_k,
-                "epsilon": self.epsilon,
-                "center": self.center,
-                "scale": self.scale,
-                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
-                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
-                "low_precision": self.low_precision,
-            }
-        )
-        return config
+from tfnorms.layers.base import refuse_p
+from tfnorms.layers.per_example import PerExampleLpNormalization
 
 
 def _layer_axes(axis):
@@ -286,20 +159,16 @@ class LpLayerNormalization(PerExampleLpNormalization):
     def build(self, input_shape: Shape) -> None:
         ndim = len(input_shape)
         self._axes = self._normalized_axes(ndim)
+        self._check_known_sizes(input_shape, self._axes, self.axis)
         shape = tuple(input_shape[a] for a in self._axes)
-        if any(d is None for d in shape):
-            raise ValueError(
-                f"Layer '{self.name}' needs known sizes on its axes {self.axis!r}; "
-                f"received input shape {tuple(input_shape)}."
-            )
         self.input_spec = keras.layers.InputSpec(
             ndim=ndim, axes={a: input_shape[a] for a in self._axes}
         )
         # Keras's rule: rms_scaling always has gamma and never beta.
         self._add_affine_weights(
             shape,
-            with_gamma=self.scale or self.rms_scaling,
-            with_beta=self.center and not self.rms_scaling,
+            gamma=self.scale or self.rms_scaling,
+            beta=self.center and not self.rms_scaling,
         )
 
     def compute_output_shape(self, input_shape: Shape) -> Shape:
@@ -325,7 +194,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
             mask = self._varying_mask(ops.expand_dims(ops.cast(mask, "bool"), -1), self._axes)
         center = not self.rms_scaling
         mean, variance = self._statistics(x, kept, mask, center=center)
-        outputs = norm_ops.normalize_broadcast(
+        outputs = normalize(
             x,
             mean if center else None,
             variance,
@@ -351,11 +220,7 @@ class L1LayerNormalization(LpLayerNormalization):
     """
 
     def __init__(self, axis: Axes = -1, **kwargs: Any) -> None:
-        if "p" in kwargs:
-            raise ValueError(
-                f"{type(self).__name__} fixes p=1; received p={kwargs['p']!r}. Use "
-                "LpLayerNormalization for other orders."
-            )
+        refuse_p(type(self), kwargs, 1, "LpLayerNormalization")
         super().__init__(p=1, axis=axis, **kwargs)
 
     def get_config(self) -> dict[str, Any]:

@@ -11,7 +11,7 @@ import tarfile
 
 import numpy as np
 
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 EXAMPLES = os.path.join(REPO_ROOT, "examples")
 TRAIN_SCRIPT = os.path.join(EXAMPLES, "cifar10", "train.py")
 if EXAMPLES not in sys.path:

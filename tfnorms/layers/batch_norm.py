@@ -1,118 +1,32 @@
 """Lp batch normalization (Hoffer et al., "Norm matters", NeurIPS 2018).
 
 `LpBatchNormalization` normalizes each channel by an Lp estimate of its
-standard deviation instead of the L2 one (SPEC section 4);
+standard deviation instead of the L2 one (docs/design.md, "Lp batch
+normalization");
 `L1BatchNormalization` and `LinfBatchNormalization` are its presets. The
 layer follows `keras.layers.BatchNormalization` argument for argument,
 variable for variable (gamma, beta, moving_mean, moving_variance, where
 `moving_variance` holds `sigma_p**2`), so that p=2 reproduces it and weights
 move between the two both ways.
 
-The statistics are the pure functions of `tfnorms.ops`; the cross-replica
-reduction (`synchronized=True`) is `tfnorms.distribute`.
+The statistics are `tfnorms._math.stats`; the cross-replica reduction
+(`synchronized=True`) is `tfnorms.distribute`.
 """
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import keras
 from keras import ops
 
-from tfnorms import _validation, distribute
-from tfnorms import ops as norm_ops
+from tfnorms import _validation
+from tfnorms._math.apply import normalize
+from tfnorms._math.reduce import statistics_dtype
+from tfnorms._math.stats import lp_statistics
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
-
-
-class BatchStatisticsLayer(keras.layers.Layer):
-    """What the batch norms of this package share: the channel axis, the
-    moving averages (Keras's momentum convention), masks, synchronization and
-    the dtype the statistics are computed in.
-
-    Subclasses create their variables in `build` (after calling this
-    `build`) and compute in `call`.
-    """
-
-    def __init__(
-        self,
-        axis: int = -1,
-        momentum: float = 0.99,
-        synchronized: bool = False,
-        low_precision: bool = False,
-        **kwargs: Any,
-    ) -> None:
-        super().__init__(**kwargs)
-        self.axis = _validation.integer("axis", axis)
-        self.momentum = _validation.unit_interval("momentum", momentum)
-        self.synchronized = _validation.boolean("synchronized", synchronized)
-        self.low_precision = _validation.boolean("low_precision", low_precision)
-        self.supports_masking = True
-        self._channel_axis = None
-
-    def build(self, input_shape: Shape) -> tuple[int]:
-        ndim = len(input_shape)
-        self._channel_axis = _validation.axis_in_range("axis", self.axis, ndim, self.name)
-        channels = input_shape[self._channel_axis]
-        if channels is None:
-            raise ValueError(
-                f"Layer '{self.name}' needs a known size on its axis {self.axis}; "
-                f"received input shape {tuple(input_shape)}."
-            )
-        self.input_spec = keras.layers.InputSpec(ndim=ndim, axes={self.axis: channels})
-        return (channels,)
-
-    def compute_output_shape(self, input_shape: Shape) -> Shape:
-        _validation.axis_in_range("axis", self.axis, len(input_shape), self.name)
-        return input_shape
-
-    # ------------------------------------------------------------- helpers
-    def _working_inputs(self, inputs):
-        """The inputs in the dtype of the elementwise work: float32 (or wider)
-        as Keras, or the input's own float dtype with `low_precision`."""
-        dtype = keras.backend.standardize_dtype(inputs.dtype)
-        if not (self.low_precision and keras.backend.is_float_dtype(dtype)):
-            dtype = norm_ops.statistics_dtype(dtype)
-        return ops.cast(inputs, dtype)
-
-    def _channel_mask(self, inputs, mask):
-        """Keras's mask (the input's shape without the channel axis) as a
-        boolean tensor with size 1 on the channel axis."""
-        if mask is None:
-            return None
-        if len(mask.shape) != len(inputs.shape) - 1:
-            raise ValueError(
-                f"Layer '{self.name}' takes a mask with one dimension less than its "
-                f"inputs (all but the channel axis); received mask.shape={mask.shape}, "
-                f"inputs.shape={inputs.shape}."
-            )
-        return ops.expand_dims(ops.cast(mask, "bool"), self._channel_axis)
-
-    def _cross_replica(self):
-        return distribute.reducer(self.synchronized)
-
-    def _update_moving(self, variable, value):
-        """`moving = moving * momentum + value * (1 - momentum)` (Keras's
-        convention: momentum is the share of the old value that is kept)."""
-        old = ops.cast(variable, value.dtype)
-        variable.assign(
-            ops.cast(old * self.momentum + value * (1.0 - self.momentum), variable.dtype)
-        )
-
-    def _cast_variable(self, variable, dtype):
-        return None if variable is None else ops.cast(variable, dtype)
-
-    def get_config(self) -> dict[str, Any]:
-        config = super().get_config()
-        config.update(
-            {
-                "axis": self.axis,
-                "momentum": self.momentum,
-                "synchronized": self.synchronized,
-                "low_precision": self.low_precision,
-            }
-        )
-        return config
+from tfnorms.layers.base import refuse_p
+from tfnorms.layers.batch_statistics import BatchStatisticsLayer
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -214,138 +128,79 @@ class LpBatchNormalization(BatchStatisticsLayer):
             axis=axis,
             momentum=momentum,
             synchronized=synchronized,
+            center=center,
+            scale=scale,
+            beta_initializer=beta_initializer,
+            gamma_initializer=gamma_initializer,
+            beta_regularizer=beta_regularizer,
+            gamma_regularizer=gamma_regularizer,
+            beta_constraint=beta_constraint,
+            gamma_constraint=gamma_constraint,
             low_precision=low_precision,
             **kwargs,
         )
-        self.p = _validation.norm_order("p", p)
-        self.top_k = _validation.positive_int("top_k", top_k, allow_none=True)
-        if self.top_k is not None and not math.isinf(self.p):
-            raise ValueError(
-                f"`top_k` applies to p=inf only (the mean of the k largest deviations); "
-                f"received top_k={top_k!r} with p={self.p!r}."
-            )
-        self.epsilon = _validation.positive_float("epsilon", epsilon)
-        self.center = _validation.boolean("center", center)
-        self.scale = _validation.boolean("scale", scale)
-        self.beta_initializer = _validation.initializer("beta_initializer", beta_initializer)
-        self.gamma_initializer = _validation.initializer("gamma_initializer", gamma_initializer)
+        self._set_lp_scale(p, top_k, epsilon)
         self.moving_mean_initializer = _validation.initializer(
             "moving_mean_initializer", moving_mean_initializer
         )
         self.moving_variance_initializer = _validation.initializer(
             "moving_variance_initializer", moving_variance_initializer
         )
-        self.beta_regularizer = _validation.regularizer("beta_regularizer", beta_regularizer)
-        self.gamma_regularizer = _validation.regularizer("gamma_regularizer", gamma_regularizer)
-        self.beta_constraint = _validation.constraint("beta_constraint", beta_constraint)
-        self.gamma_constraint = _validation.constraint("gamma_constraint", gamma_constraint)
-        self.gamma = None
-        self.beta = None
         self.moving_mean = None
         self.moving_variance = None
 
     def build(self, input_shape: Shape) -> None:
         shape = super().build(input_shape)
         # Keras's order and names, so that weights move both ways.
-        if self.scale:
-            self.gamma = self.add_weight(
-                shape=shape,
-                name="gamma",
-                initializer=self.gamma_initializer,
-                regularizer=self.gamma_regularizer,
-                constraint=self.gamma_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        if self.center:
-            self.beta = self.add_weight(
-                shape=shape,
-                name="beta",
-                initializer=self.beta_initializer,
-                regularizer=self.beta_regularizer,
-                constraint=self.beta_constraint,
-                trainable=True,
-                autocast=False,
-            )
-        self.moving_mean = self.add_weight(
-            shape=shape,
-            name="moving_mean",
-            initializer=self.moving_mean_initializer,
-            trainable=False,
-            autocast=False,
-        )
-        self.moving_variance = self.add_weight(
-            shape=shape,
-            name="moving_variance",
-            initializer=self.moving_variance_initializer,
-            trainable=False,
-            autocast=False,
-        )
+        self._add_affine_weights(shape, gamma=self.scale, beta=self.center)
+        self._add_moving("moving_mean", shape, self.moving_mean_initializer)
+        self._add_moving("moving_variance", shape, self.moving_variance_initializer)
 
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
         mask = self._channel_mask(inputs, mask)
         x = self._working_inputs(inputs)
-        dtype = norm_ops.statistics_dtype(x.dtype)
+        dtype = statistics_dtype(x.dtype)
         if training and self.trainable:
-            mean, variance = norm_ops.lp_statistics(
+            mean, variance = lp_statistics(
                 x,
                 self._channel_axis,
                 p=self.p,
                 top_k=self.top_k,
                 mask=mask,
-                cross_replica=self._cross_replica(),
+                reduction=self._reduction(),
             )
             self._update_moving(self.moving_mean, mean)
             self._update_moving(self.moving_variance, variance)
         else:
             mean = ops.cast(self.moving_mean, dtype)
             variance = ops.cast(self.moving_variance, dtype)
-        outputs = norm_ops.normalize(
+        ndim = len(x.shape)
+        outputs = normalize(
             x,
-            mean,
-            variance,
-            self._channel_axis,
-            gamma=self._cast_variable(self.gamma, dtype),
-            beta=self._cast_variable(self.beta, dtype),
+            self._per_channel(mean, dtype, ndim),
+            self._per_channel(variance, dtype, ndim),
+            gamma=self._per_channel(self.gamma, dtype, ndim),
+            beta=self._per_channel(self.beta, dtype, ndim),
             epsilon=self.epsilon,
         )
         return ops.cast(outputs, self.compute_dtype)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
+        config.update(self._lp_scale_config())
         config.update(
             {
-                # "inf" rather than float("inf"): JSON has no infinity.
-                "p": "inf" if math.isinf(self.p) else self.p,
-                "top_k": self.top_k,
-                "epsilon": self.epsilon,
-                "center": self.center,
-                "scale": self.scale,
-                "beta_initializer": keras.initializers.serialize(self.beta_initializer),
-                "gamma_initializer": keras.initializers.serialize(self.gamma_initializer),
                 "moving_mean_initializer": keras.initializers.serialize(
                     self.moving_mean_initializer
                 ),
                 "moving_variance_initializer": keras.initializers.serialize(
                     self.moving_variance_initializer
                 ),
-                "beta_regularizer": keras.regularizers.serialize(self.beta_regularizer),
-                "gamma_regularizer": keras.regularizers.serialize(self.gamma_regularizer),
-                "beta_constraint": keras.constraints.serialize(self.beta_constraint),
-                "gamma_constraint": keras.constraints.serialize(self.gamma_constraint),
             }
         )
         return config
-
-
-def _refuse_p(cls, kwargs, p):
-    if "p" in kwargs:
-        raise ValueError(
-            f"{cls.__name__} fixes p={p}; received p={kwargs['p']!r}. Use "
-            "LpBatchNormalization for other orders."
-        )
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -356,7 +211,7 @@ class L1BatchNormalization(LpBatchNormalization):
     """
 
     def __init__(self, axis: int = -1, **kwargs: Any) -> None:
-        _refuse_p(type(self), kwargs, 1)
+        refuse_p(type(self), kwargs, 1, "LpBatchNormalization")
         super().__init__(p=1, axis=axis, **kwargs)
 
     def get_config(self) -> dict[str, Any]:
@@ -374,7 +229,7 @@ class LinfBatchNormalization(LpBatchNormalization):
     """
 
     def __init__(self, top_k: int | None = None, axis: int = -1, **kwargs: Any) -> None:
-        _refuse_p(type(self), kwargs, "inf")
+        refuse_p(type(self), kwargs, "inf", "LpBatchNormalization")
         super().__init__(p="inf", top_k=top_k, axis=axis, **kwargs)
 
     def get_config(self) -> dict[str, Any]:

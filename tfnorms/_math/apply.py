@@ -1,0 +1,55 @@
+"""Applying the statistics, and the dtype the elementwise work runs in."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+from tfnorms._math.reduce import channel_broadcast_shape, statistics_dtype
+
+
+def working_dtype(dtype, low_precision=False):
+    """The dtype the elementwise work of a normalization runs in: float32
+    (float64 for float64), as Keras's normalization layers, or with
+    `low_precision` a float input's own dtype (float16/bfloat16)."""
+    dtype = keras.backend.standardize_dtype(dtype)
+    if low_precision and keras.backend.is_float_dtype(dtype):
+        return dtype
+    return statistics_dtype(dtype)
+
+
+def per_channel(vector, ndim, axis):
+    """A per-channel vector (or None) reshaped to broadcast against a rank-`ndim`
+    input whose channels lie on `axis`."""
+    if vector is None:
+        return None
+    axis = axis % ndim
+    return ops.reshape(vector, channel_broadcast_shape(ndim, axis, vector.shape[0]))
+
+
+def normalize(x, mean, variance, gamma=None, beta=None, epsilon=1e-3):
+    """`gamma * (x - mean) / sqrt(variance + epsilon) + beta`, where every
+    argument broadcasts against x (`mean=None`: the uncentered form).
+
+    The arithmetic of `tf.nn.batch_normalization` and Keras's
+    `ops.layer_normalization`: `inv = gamma * rsqrt(variance + epsilon)`, then
+    `x * inv + (beta - mean * inv)`. `inv` and the offset are formed in the
+    statistics' dtype and cast to x's at the end, so a float16 `x` never sees
+    `sigma**2`, which may not fit in float16.
+    """
+    inv = ops.rsqrt(variance + epsilon)
+    if gamma is not None:
+        inv = inv * ops.cast(gamma, inv.dtype)
+    offset = None if mean is None else -mean * inv
+    if beta is not None:
+        beta = ops.cast(beta, inv.dtype)
+        offset = beta if offset is None else beta + offset
+    outputs = x * ops.cast(inv, x.dtype)
+    return outputs if offset is None else outputs + ops.cast(offset, x.dtype)
+
+
+def subtract_mean(x, mean, beta=None):
+    """`x - mean + beta` (mean-only batch norm), one pass over x: the offset
+    `beta - mean` is formed first, in its own dtype; both broadcast against x."""
+    offset = -mean if beta is None else ops.cast(beta, mean.dtype) - mean
+    return x + ops.cast(offset, x.dtype)

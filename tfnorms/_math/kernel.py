@@ -1,0 +1,117 @@
+"""Kernel reparameterization: the effective kernel of (centered) weight
+normalization and of bounded weight norm, per output unit.
+
+The output-unit axes come from `tfnorms.axes`; docs/design.md, "Output units",
+says which axes those are for every kernel kind.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+
+def _count(shape, axes):
+    count = 1
+    for axis in axes:
+        count *= int(shape[axis])
+    return count
+
+
+def center_kernel(v, reduce_axes):
+    """`v - mean(v)` over each output unit's axes."""
+    # sum / count rather than ops.mean: Keras 3.15's JAX mean rounds float64
+    # through float32, which breaks the exact zero-mean property in tests.
+    total = ops.sum(v, axis=reduce_axes, keepdims=True)
+    return v - total / _count(v.shape, reduce_axes)
+
+
+def unit_norms(v, reduce_axes, keepdims=False):
+    """Euclidean norm of every output unit's slice of `v`."""
+    return ops.sqrt(ops.sum(ops.square(v), axis=reduce_axes, keepdims=keepdims))
+
+
+def unit_normalize(v, reduce_axes, center, epsilon):
+    """Each output unit's slice, optionally centered, divided by its norm.
+
+    `epsilon` sits inside the square root, so an all-zero unit gives zeros
+    (not NaN) and a finite gradient.
+    """
+    if center:
+        v = center_kernel(v, reduce_axes)
+    squared_norm = ops.sum(ops.square(v), axis=reduce_axes, keepdims=True)
+    return v * ops.rsqrt(squared_norm + epsilon)
+
+
+def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
+    """The effective kernel `W` of (centered) weight normalization.
+
+    Args:
+        v: the proxy kernel `V`.
+        scale: per-unit scale `g` (shape of the unit axes), a scalar, or None
+            for no scale.
+        reduce_axes: the axes of one output unit (SPEC's `R`).
+        broadcast_shape: `v`'s shape with 1 on the reduced axes.
+        center: subtract each unit's mean first (CWN) or not (WN).
+        epsilon: added to the squared norm.
+
+    The gradient is the closed form of Huang et al.'s eq. (3) (with
+    `center=False`, Salimans and Kingma's):
+
+        dL/dv = g / ||v_hat|| * (dL/dw - mean(dL/dw) - w_hat * <w_hat, dL/dw>)
+        dL/dg = <w_hat, dL/dw>
+
+    written as a custom gradient because autodiff of the forward pass keeps
+    several kernel-sized intermediates alive and runs a dozen small passes
+    over the kernel; this keeps only per-unit statistics (w_hat is recomputed
+    from `v`) and makes one reduction pass and one elementwise pass.
+    """
+    reduce_axes = tuple(reduce_axes)
+    count = _count(v.shape, reduce_axes)
+
+    def unit_shaped(value):  # a per-unit or scalar scale, broadcastable against v
+        return value if len(value.shape) == 0 else ops.reshape(value, broadcast_shape)
+
+    @ops.custom_gradient
+    def normalized(v, *scale):
+        mean = ops.sum(v, axis=reduce_axes, keepdims=True) / count if center else None
+        centered = v - mean if center else v
+        squared_norm = ops.sum(ops.square(centered), axis=reduce_axes, keepdims=True)
+        inverse_norm = ops.rsqrt(squared_norm + epsilon)
+        factor = inverse_norm * unit_shaped(scale[0]) if scale else inverse_norm
+        w = centered * factor
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            unit = (v - mean if center else v) * inverse_norm  # w_hat, recomputed
+            projection = ops.sum(upstream * unit, axis=reduce_axes, keepdims=True)
+            residual = upstream - unit * projection
+            if center:
+                residual = residual - ops.sum(upstream, axis=reduce_axes, keepdims=True) / count
+            grad_v = factor * residual
+            if not scale:
+                return grad_v
+            if len(scale[0].shape) == 0:
+                return grad_v, ops.sum(projection)
+            return grad_v, ops.reshape(projection, scale[0].shape)
+
+        return w, gradient
+
+    # Read values, not variables: TensorFlow's custom_gradient refuses a
+    # function that reads a variable it was not given as an input, and under
+    # MirroredStrategy it sees the replica's component of a MirroredVariable.
+    # (`ops.convert_to_tensor` returns a tf.Variable unchanged; `copy` reads it.)
+    v = ops.copy(v)
+    if scale is None:
+        return normalized(v)
+    return normalized(v, ops.cast(ops.copy(scale), v.dtype))
+
+
+def fixed_frobenius_gain(gain, frobenius_norm, epsilon):
+    """Per-unit gains rescaled so that their joint norm is `frobenius_norm`.
+
+    The `per_unit_gain` variant of bounded weight norm (SPEC section 3):
+    `rho_F * g / ||g||`, so the units' relative sizes are learned while the
+    layer's total norm stays fixed.
+    """
+    return gain * (frobenius_norm * ops.rsqrt(ops.sum(ops.square(gain)) + epsilon))

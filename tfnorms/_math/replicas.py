@@ -1,0 +1,117 @@
+"""How per-replica statistics become the statistics of the global batch.
+
+The statistics functions (`tfnorms._math.stats`) take one of these objects and
+call it at each stage that a synchronized computation must share (the mean and
+its count, the scale); they never test whether they run distributed.
+
+- `LOCAL`: no other replicas; every stage returns its input, and the two
+  selection stages use the single-device kernels of `tfnorms._math.select`,
+  whose gradients are written out.
+- `Replicated(merge)`: `merge(sums, gathers)` is one collective that sums
+  `sums` over the replicas and stacks each of `gathers` on a new leading
+  replica axis (`tfnorms.distribute.cross_replica_reduce` on TensorFlow).
+  Each stage makes one call: the mean with the count; then the scale. The
+  maximum needs no deviations, so its extremes ride in the mean's collective.
+
+docs/distributed.md describes the collectives and their cost.
+"""
+
+from __future__ import annotations
+
+from keras import ops
+
+from tfnorms._math import select
+from tfnorms._math.reduce import kept_axes
+
+
+class LocalReduction:
+    """The statistics of the batch this call sees."""
+
+    def check(self, ndim, axis, count):
+        """Nothing to check: local statistics take any kept axes and masks."""
+
+    def moments(self, x, axes):
+        """Mean and biased variance in one fused op (`tf.nn.moments` on
+        TensorFlow), the cost of Keras's own batch norm."""
+        return ops.moments(x, axes)
+
+    def mean(self, mean, count):
+        return mean, count
+
+    def count(self, count, dtype):
+        return count
+
+    def moment(self, moment, local_count, count):
+        return moment
+
+    def mean_and_max_deviation(self, x, mean, count, axis, mask):
+        """`(mean, count, max|x - mean|)` per channel."""
+        return mean, count, select.max_abs_deviation(x, mean, axis, mask)
+
+    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
+        """The mean of the k largest `|x - mean|` per channel."""
+        return ops.cast(select.top_k_deviation_mean(x, centered_mean, k, axis, mask), dtype)
+
+
+LOCAL = LocalReduction()
+
+
+def _global_mean(sums, count):
+    """The global mean from the replicas' summed `mean * count`."""
+    return sums / ops.maximum(count, 1.0)
+
+
+class Replicated:
+    """The statistics of the global batch, gathered with `merge` (see the
+    module docstring): one channel axis, a count shared by every channel."""
+
+    def __init__(self, merge):
+        self._merge = merge
+
+    def check(self, ndim, axis, count):
+        if len(kept_axes(ndim, axis)) != 1 or len(getattr(count, "shape", ())) != 0:
+            raise ValueError(
+                "Synchronized statistics need one channel axis and a mask shared by all "
+                f"channels; received axis={axis!r} and a count of shape "
+                f"{tuple(getattr(count, 'shape', ()))}."
+            )
+
+    def moments(self, x, axes):
+        """No fused form across replicas: the two-pass path takes over."""
+        return None
+
+    def _sums_with_count(self, sums, count, gathers=()):
+        summed, gathered = self._merge([*sums, ops.reshape(count, (1,))], list(gathers))
+        return summed[:-1], summed[-1][0], gathered
+
+    def mean(self, mean, count):
+        count = ops.convert_to_tensor(count, dtype=mean.dtype)
+        (sums,), count, _ = self._sums_with_count([mean * count], count)
+        return _global_mean(sums, count), count
+
+    def count(self, count, dtype):
+        _, count, _ = self._sums_with_count([], ops.convert_to_tensor(count, dtype=dtype))
+        return count
+
+    def moment(self, moment, local_count, count):
+        (summed,), _ = self._merge([moment * local_count], [])
+        return _global_mean(summed, count)
+
+    def mean_and_max_deviation(self, x, mean, count, axis, mask):
+        high, low = select.extremes(x, axis, mask)
+        count = ops.convert_to_tensor(count, dtype=mean.dtype)
+        (sums,), count, (highs, lows) = self._sums_with_count([mean * count], count, [high, low])
+        mean = _global_mean(sums, count)
+        high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
+        return mean, count, ops.maximum(ops.maximum(high - mean, mean - low), 0.0)
+
+    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
+        deviation = x if centered_mean is None else x - centered_mean
+        magnitude = ops.abs(deviation)
+        if mask is not None:
+            magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
+        top = ops.cast(select.top_k_values(magnitude, k, axis, pad_to_k=True), dtype)
+        _, (gathered,) = self._merge([], [top])  # (replicas, channels, k)
+        merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (x.shape[axis], -1))
+        top, _ = ops.top_k(merged, k, sorted=False)
+        return select.valid_mean(top)

@@ -1,0 +1,235 @@
+"""Selection kernels: the k largest deviations and the extremes per channel,
+each with a closed-form gradient that stays elementwise on x's own layout.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfnorms._math.reduce import (
+    FLOAT_MAX,
+    expand_statistics,
+    kept_axes,
+    kept_shape,
+    reduction_axes,
+    statistics_dtype,
+)
+
+
+def _top_k_block_size(n, k):
+    """A divisor `b` of `n` near sqrt(n / k) with at least k blocks of b, or
+    None when `n` has no divisor that helps (see `_blockwise_top_k`)."""
+    target = math.sqrt(n / k)
+    best = None
+    for divisor in range(1, math.isqrt(n) + 1):
+        if n % divisor:
+            continue
+        for size in (divisor, n // divisor):
+            if size >= 2 and n // size >= k:
+                if best is None or abs(math.log(size / target)) < abs(math.log(best / target)):
+                    best = size
+    return best
+
+
+def _blockwise_top_k(values, k, block):
+    """The k largest entries of each column of the (n, channels) `values`,
+    as a (channels, k) tensor, without sorting whole columns.
+
+    Split each column into n / block contiguous blocks and take each block's
+    maximum (one channels-last pass). The k blocks with the largest maxima
+    hold the column's k largest values (any value above the k-th largest
+    block maximum lies in a block whose maximum is above it too, and those
+    k maxima are themselves k values at least that large), so a top_k over
+    those k * block gathered entries gives the same values. On a CIFAR-sized
+    activation this costs a fraction of a transpose plus a full per-channel
+    top_k, and its gradient is a small scatter instead of a transpose back.
+    """
+    n, channels = values.shape
+    blocks = n // block
+    maxima = ops.max(ops.reshape(ops.stop_gradient(values), (blocks, block, channels)), axis=1)
+    _, best = ops.top_k(ops.transpose(maxima), k, sorted=False)  # (channels, k) block indices
+    # Flat index of row i of block best[c, j] in channel c: (best * block + i) * channels + c.
+    rows = ops.expand_dims(best, -1) * block + ops.arange(block, dtype=best.dtype)
+    column = ops.reshape(ops.arange(channels, dtype=best.dtype), (channels, 1, 1))
+    indices = ops.reshape(rows * channels + column, (channels, k * block))
+    candidates = ops.take(ops.reshape(values, (-1,)), indices)
+    top, _ = ops.top_k(candidates, k, sorted=False)
+    return top
+
+
+def top_k_values(values, k, axis, pad_to_k=False):
+    """The k largest entries of `values` per channel, as a (channels, k) tensor
+    (with a tuple of kept axes: a (*kept sizes, k) tensor).
+
+    `values` must be >= 0 where valid and negative (a sentinel) where masked.
+    When a channel has fewer than k elements, the missing entries are the
+    sentinel -1, so that `valid_mean` can tell them apart; with `pad_to_k`
+    the result always has exactly k columns (equal shapes on every replica).
+    """
+    ndim = len(values.shape)
+    kept, reduced = kept_axes(ndim, axis), reduction_axes(ndim, axis)
+    order = kept + reduced
+    moved = values if order == tuple(range(ndim)) else ops.transpose(values, order)
+    sizes_kept = kept_shape(values, axis)  # run-time sizes for e.g. a traced batch axis
+    sizes = [values.shape[a] for a in reduced]
+    n = math.prod(sizes) if all(d is not None for d in sizes) else None
+    if kept == (ndim - 1,) and n is not None and n >= k and sizes_kept[0] is not None:
+        # Channels last with a static element count: the blockwise top-k.
+        block = _top_k_block_size(n, k)
+        if block is not None:
+            return _blockwise_top_k(ops.reshape(values, (n, sizes_kept[0])), k, block)
+    flat = ops.reshape(moved, (*sizes_kept, -1 if n is None else n))
+
+    def sentinels(columns):
+        return -ops.ones((*sizes_kept, columns), dtype=flat.dtype)
+
+    if n is None:
+        # Length known only at run time: pad with k sentinels so top_k always
+        # has at least k entries to choose from.
+        flat = ops.concatenate([flat, sentinels(k)], axis=-1)
+    elif n < k:
+        top = flat
+        if pad_to_k:
+            top = ops.concatenate([top, sentinels(k - n)], axis=-1)
+        return top
+    top, _ = ops.top_k(flat, k, sorted=False)
+    return top
+
+
+def valid_mean(top):
+    """Mean over the last axis of the entries >= 0 (the sentinels excluded)."""
+    valid = top >= 0
+    total = ops.sum(ops.where(valid, top, ops.zeros_like(top)), axis=-1)
+    count = ops.sum(ops.cast(valid, top.dtype), axis=-1)
+    return total / ops.maximum(count, 1.0)
+
+
+def top_k_deviation_mean(x, mean, k, axis, mask=None):
+    """Per channel (per kept position), the mean of the k largest `|x - mean|`
+    (of all of them where fewer than k are valid).
+
+    `mean` broadcasts against `x` (None: 0); `mask` as in `lp_statistics`.
+    The values come from `top_k_values`; the gradient is written out, so that
+    it is elementwise on `x`'s own layout: 1/k on the k largest deviations
+    (ties at the k-th largest share what is left), times the sign of
+    `x - mean`. Autodiff through top_k would scatter into a zero tensor of
+    x's size and keep the deviations alive until the backward pass; this
+    keeps per-channel numbers only and recomputes the deviations from `x`.
+    """
+    ndim = len(x.shape)
+    reduced = reduction_axes(ndim, axis)
+    sentinel = -ops.ones((), dtype=x.dtype)
+    count_dtype = statistics_dtype(x.dtype)  # counts can pass float16's range
+
+    def magnitude(x, mean):
+        deviation = x if mean is None else x - mean
+        absolute = ops.abs(deviation)
+        return deviation, absolute if mask is None else ops.where(mask, absolute, sentinel)
+
+    def top_mean(x, *mean):
+        mean = mean[0] if mean else None
+        _, absolute = magnitude(x, mean)
+        top = top_k_values(absolute, k, axis, pad_to_k=True)
+        threshold = ops.min(top, axis=-1)  # the k-th largest; the sentinel if fewer are valid
+        value = valid_mean(top)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            deviation, absolute = magnitude(x, mean)
+            cut = expand_statistics(threshold, ndim, axis)
+            above = absolute > cut
+            tied = ops.logical_and(absolute == cut, cut >= 0)
+            above_count = ops.sum(ops.cast(above, count_dtype), axis=reduced)
+            tied_count = ops.sum(ops.cast(tied, count_dtype), axis=reduced)
+            upstream = ops.cast(upstream, count_dtype)
+            full = threshold >= 0
+            # With k valid entries or more: 1/k each above the threshold, and the
+            # remaining k - above_count shared by the tied ones. With fewer: 1/count each.
+            selected = ops.where(full, float(k), above_count)
+            per_above = upstream / ops.maximum(selected, 1.0)
+            per_tied = ops.where(
+                full, per_above * (k - above_count) / ops.maximum(tied_count, 1.0), 0.0
+            )
+            weight = ops.where(
+                above,
+                expand_statistics(ops.cast(per_above, x.dtype), ndim, axis),
+                ops.where(tied, expand_statistics(ops.cast(per_tied, x.dtype), ndim, axis), 0),
+            )
+            grad_x = weight * ops.sign(deviation)
+            if mean is None:
+                return grad_x
+            grad_mean = -ops.sum(grad_x, axis=reduced, keepdims=True)
+            # mean's static shape may hold None (the batch axis of a layer norm
+            # in a traced graph): reshape to its run-time shape then.
+            mean_shape = mean.shape if None not in mean.shape else ops.shape(mean)
+            return grad_x, ops.reshape(grad_mean, mean_shape)
+
+        return value, gradient
+
+    top_mean = ops.custom_gradient(top_mean)
+    return top_mean(x) if mean is None else top_mean(x, mean)
+
+
+def extremes(x, axis, mask):
+    """Per channel (per kept position), the maximum and minimum of the valid
+    entries of `x`, in the statistics dtype (exact: they are entries of x)."""
+    axes = reduction_axes(len(x.shape), axis)
+    if mask is None:
+        high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
+    else:
+        limit = FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
+        high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
+        low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
+    dtype = statistics_dtype(x.dtype)
+    return ops.cast(high, dtype), ops.cast(low, dtype)
+
+
+def max_abs_deviation(x, mean, axis, mask=None):
+    """Per channel (per kept position), `max |x - mean|` over the valid entries,
+    as `max(max(x) - mean, mean - min(x))` (no deviation tensor).
+
+    `mean` has the kept axes' shape, in the statistics dtype. The gradient is
+    written out: of the maximum and the minimum, only the one that is the
+    extreme deviation gets it, shared by its ties, with the sign of `x - mean`;
+    the mean's is minus its sum, which is `-sign` per channel in closed form.
+    Autodiff differentiates both reductions in full (an equality mask, a tie
+    count and a scatter over x for each), though one of them is discarded
+    per channel: that was most of L-inf batch norm's extra cost in a training
+    step (docs/performance.md).
+    """
+    ndim = len(x.shape)
+    axes = reduction_axes(ndim, axis)
+    dtype = statistics_dtype(x.dtype)
+
+    @ops.custom_gradient
+    def deviation(x, mean):
+        high, low = extremes(x, axis, mask)
+        above, below = high - mean, mean - low
+        upper = above >= below
+        largest = ops.where(upper, above, below)
+        scale = ops.maximum(largest, 0.0)
+
+        def gradient(*args, upstream=None):
+            if upstream is None:
+                (upstream,) = args
+            target = expand_statistics(ops.cast(ops.where(upper, high, low), x.dtype), ndim, axis)
+            hit = x == target
+            if mask is not None:
+                hit = ops.logical_and(hit, mask)
+            ties = ops.sum(ops.cast(hit, dtype), axis=axes)
+            # d scale / d target: +1 for the maximum, -1 for the minimum; none
+            # where rounding in the mean made the extreme deviation negative.
+            sign = ops.cast(ops.where(upper, 1, -1), dtype) * ops.cast(largest >= 0, dtype)
+            signed = ops.cast(upstream, dtype) * sign
+            per_tie = expand_statistics(signed / ops.maximum(ties, 1.0), ndim, axis)
+            grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
+            grad_mean = -ops.where(ties > 0, signed, ops.zeros_like(signed))
+            return grad_x, ops.cast(grad_mean, mean.dtype)
+
+        return scale, gradient
+
+    return deviation(x, ops.cast(mean, dtype))

@@ -1,0 +1,163 @@
+"""Lp statistics: per-channel mean and squared Lp scale, and the mean alone.
+
+    mu        = mean(x)
+    sigma_p   = C_p * mean(|x - mu|^p)^(1/p)        1 <= p < inf
+    sigma_inf = C_inf(n) * max|x - mu|              p = inf
+              = C_inf(n) * mean of the top_k largest |x - mu|
+
+docs/design.md, "Lp batch normalization", gives the constants and why they are
+what they are. `reduction` is `replicas.LOCAL` or a `replicas.Replicated`: the
+functions here call it at each stage and never ask which it is.
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+from keras import ops
+
+from tfnorms._math import replicas
+from tfnorms._math.reduce import (
+    as_dtype,
+    expand_statistics,
+    kept_shape,
+    linf_constant,
+    lp_constant,
+    mask_count,
+    masked_mean,
+    reduced_count,
+    reduction_axes,
+    statistics_dtype,
+)
+
+
+def _counts(x, axis, mask, dtype):
+    """`(count, total)`: valid and all elements per channel (see `mask_count`)."""
+    total = reduced_count(x, axis)
+    if mask is None:
+        return as_dtype(total, dtype), total
+    return mask_count(mask, x, axis, dtype), total
+
+
+def _is_low(dtype):
+    return keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
+
+
+def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, center=True):
+    """Per-channel mean and squared Lp scale `sigma_p**2` of `x`.
+
+    Args:
+        x: the activations, in the dtype the elementwise work runs in.
+        axis: the channel axis; or a tuple of axes that are all kept (the
+            statistics per position of those axes, over all the others).
+        p: a float >= 1 or infinity.
+        top_k: with p = inf, average the k largest deviations instead of the
+            maximum (`None` or 1: the maximum).
+        mask: boolean, x's shape with size 1 on the channel axis (with kept
+            axes: any shape that broadcasts against x).
+        reduction: `replicas.LOCAL` or a `replicas.Replicated` (which needs one
+            channel axis and a mask, if any, that is the same for every channel).
+        center: `False` takes the scale around 0 instead of around the mean
+            (the uncentered, RMS-norm-like form); the returned mean is zeros.
+
+    Returns:
+        `(mean, variance)`, the kept axes' shape in `statistics_dtype`;
+        `variance` is `sigma_p**2` (for p = 2 the biased variance, as Keras).
+        `n` in `C_inf(n)` is the number of (valid) elements of each statistic.
+
+    Cost: finite p and top-k make two passes over `x` (the mean, then the
+    deviations) and, when synchronized, two collectives. The maximum needs no
+    deviations: one pass and one collective. Uncentered, one pass.
+    """
+    p = float(p)
+    ndim = len(x.shape)
+    dtype = statistics_dtype(x.dtype)
+    if mask is not None:
+        mask = ops.cast(mask, "bool")
+    count, total = _counts(x, axis, mask, dtype)
+    reduction.check(ndim, axis, count)
+    if not isinstance(axis, (tuple, list)):
+        axis = axis % ndim
+
+    if math.isinf(p) and (top_k is None or top_k == 1):
+        return _max_statistics(x, axis, mask, reduction, count, total, center)
+    if p == 2.0 and center and mask is None and not _is_low(x.dtype):
+        fused = reduction.moments(x, reduction_axes(ndim, axis))
+        if fused is not None:
+            return ops.cast(fused[0], dtype), ops.cast(fused[1], dtype)
+
+    local_count = count
+    if center:  # pass 1: the mean
+        mean, count = reduction.mean(masked_mean(x, axis, mask, local_count, total), count)
+        centered_mean = expand_statistics(ops.cast(mean, x.dtype), ndim, axis)
+        if p == 2.0:
+            # d(variance)/d(mean) = -2 mean(x - mean) = 0: as tf.nn.moments, stop
+            # the gradient through the mean here (same result, less work).
+            centered_mean = ops.stop_gradient(centered_mean)
+    else:
+        count = reduction.count(count, dtype)
+        centered_mean = None
+
+    # Pass 2: the deviations and the scale.
+    if math.isinf(p):
+        top_mean = reduction.top_k_mean(x, centered_mean, top_k, axis, mask, dtype)
+        variance = ops.square(linf_constant(count) * top_mean)
+    else:
+        deviation = x if centered_mean is None else x - centered_mean
+        moment = masked_mean(_power(deviation, p), axis, mask, local_count, total)
+        variance = lp_variance(reduction.moment(moment, local_count, count), p)
+    return (mean if center else ops.zeros_like(variance)), variance
+
+
+def _power(deviation, p):
+    """`|deviation|**p`, with the cheap forms for p = 1 and 2."""
+    if p == 2.0:
+        return ops.square(deviation)
+    if p == 1.0:
+        return ops.abs(deviation)
+    return ops.power(ops.abs(deviation), p)
+
+
+def _max_statistics(x, axis, mask, reduction, count, total, center):
+    """Mean and `(C_inf(n) * max|x - mu|)**2`: one pass and one collective,
+    since `max|x - mu| = max(max(x) - mu, mu - min(x))` needs no deviations.
+    Uncentered, mu = 0."""
+    dtype = statistics_dtype(x.dtype)
+    if center:
+        mean = masked_mean(x, axis, mask, count, total)
+    else:
+        mean = ops.zeros(kept_shape(x, axis), dtype=dtype)
+    mean, count, scale = reduction.mean_and_max_deviation(x, mean, count, axis, mask)
+    if mask is not None:  # nothing valid: the fill values, not a scale
+        scale = ops.where(count > 0, scale, ops.zeros_like(scale))
+    return mean, ops.square(linf_constant(count) * scale)
+
+
+def lp_variance(moment, p):
+    """`sigma_p**2 = C_p**2 * moment**(2/p)` from `moment = mean(|x - mu|^p)`.
+
+    p = 2 returns the moment itself and p = 1 a square, both smooth at 0. For
+    other p the power is guarded at 0, where `moment**(2/p)` has an infinite
+    derivative for p > 2 (a constant channel would give a NaN gradient).
+    """
+    p = float(p)
+    if p == 2.0:
+        return moment
+    c2 = lp_constant(p) ** 2
+    if p == 1.0:
+        return c2 * ops.square(moment)
+    positive = moment > 0
+    safe = ops.where(positive, moment, ops.ones_like(moment))
+    return ops.where(positive, c2 * ops.power(safe, 2.0 / p), ops.zeros_like(moment))
+
+
+def mean_statistics(x, axis, mask=None, reduction=replicas.LOCAL):
+    """Per-channel mean only (mean-only batch norm): one pass, one collective."""
+    axis = axis % len(x.shape)
+    dtype = statistics_dtype(x.dtype)
+    if mask is not None:
+        mask = ops.cast(mask, "bool")
+    count, total = _counts(x, axis, mask, dtype)
+    mean, _ = reduction.mean(masked_mean(x, axis, mask, count, total), count)
+    return mean

@@ -1,0 +1,2 @@
+"""Model-level tools: data-dependent initialization, stripping and converting
+whole models. Public names are exported from `tfnorms` itself."""
