@@ -28,6 +28,25 @@ def positive_float(name, value, *, allow_none=False):
     return value
 
 
+# The smallest normal float32. The statistics and kernels are computed in
+# float32 (or wider): a smaller epsilon rounds to 0 there, or is a subnormal
+# that XLA flushes to 0, and a constant channel or a zero kernel then divides
+# 0 by 0.
+SMALLEST_EPSILON = 1.1754943508222875e-38
+
+
+def epsilon(name, value):
+    """A finite number > 0 that is not zero in float32 (see SMALLEST_EPSILON)."""
+    value = positive_float(name, value)
+    if value < SMALLEST_EPSILON:
+        raise ValueError(
+            f"`{name}` must be at least {SMALLEST_EPSILON:.6g}, the smallest normal "
+            "float32 (the layer computes in float32, where a smaller value is 0 and a "
+            f"constant channel or zero kernel would give NaN); received {value!r}."
+        )
+    return value
+
+
 def boolean(name, value):
     if not isinstance(value, bool):
         raise ValueError(f"`{name}` must be True or False; received {value!r}.")

@@ -82,7 +82,7 @@ class _UnitConstraint(keras.constraints.Constraint):
         self.axis = axis
         self.unit_axes = unit_axes
         self.value = _validation.positive_float("value", value)
-        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        self.epsilon = _validation.epsilon("epsilon", epsilon)
 
     def kernel_axes(self, rank: int) -> axes.KernelAxes:
         """The `KernelAxes` of a kernel of this rank under this constraint."""

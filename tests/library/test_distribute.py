@@ -1,4 +1,4 @@
-"""synchronized=True across replicas (SPEC sections 4, 7 and 8).
+"""synchronized=True across replicas (docs/design.md, "Distribution").
 
 Under MirroredStrategy on the two logical CPUs of conftest.py, and under
 MultiWorkerMirroredStrategy with two local worker processes, the
@@ -22,6 +22,7 @@ import pytest
 from layer_checks import (
     REPO_ROOT,
     assert_mirrored_matches_single,
+    compile_for_regression,
     mirrored_strategy,
     replica_values,
     to_numpy,
@@ -99,6 +100,90 @@ def test_synchronized_statistics_equal_global_batch(name, masked, rng):
             first, second = replica_values(mine)
             np.testing.assert_array_equal(first, second, err_msg=mine.path)
             np.testing.assert_allclose(first, to_numpy(theirs), rtol=1e-5, err_msg=mine.path)
+
+
+# Global batches split unevenly, with a replica holding no rows, and one
+# whose rows are all masked: the statistics stay those of the global batch.
+SPLITS = {"1+0": (1, 0), "0+2": (0, 2), "3+2": (3, 2), "3+2 masked out": (3, 2)}
+
+
+def uneven_batches(sizes, masked, fully_masked, rng):
+    rows = sum(sizes)
+    x = rng.normal(2.0, 3.0, size=(rows, 3, 4)).astype("float32")
+    w = rng.normal(size=x.shape).astype("float32")
+    mask = None
+    if masked or fully_masked:
+        mask = rng.uniform(size=(rows, 3)) < 0.6
+        mask[0, 0] = True  # at least one valid element in the global batch
+        if fully_masked:
+            mask[sizes[0] :] = False
+    return x, w, mask
+
+
+@tensorflow_only
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("split_name", sorted(SPLITS))
+@pytest.mark.parametrize("name", ["p1", "p2", "p3", "pinf", "top3", "top10", "mean_only"])
+def test_any_split_of_the_global_batch_is_exact(name, split_name, masked, rng):
+    """Outputs, input and weight gradients and moving statistics of the
+    synchronized layer equal one device's on the global batch, whatever the
+    split: a replica with zero rows, or with every row masked, included."""
+    import tensorflow as tf
+
+    sizes = SPLITS[split_name]
+    make = CONFIGS.get(name) or (lambda **kw: tfnorms.LpBatchNormalization(p=3, **kw))
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        synced = make(synchronized=True, momentum=0.5)
+        synced.build((None, 3, 4))
+    single = make(momentum=0.5)
+    single.build((None, 3, 4))
+    initial = [rng.uniform(0.5, 2.0, size=v.shape) for v in single.weights]
+    single.set_weights(initial)
+    synced.set_weights(initial)
+    x, w, mask = uneven_batches(sizes, masked, "masked out" in split_name, rng)
+
+    def run(layer, x, w, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True, mask=m)
+            loss = tf.reduce_sum(w * y * y * y)
+        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
+
+    want = [g.numpy() for g in run(single, tf.constant(x), tf.constant(w), mask)]
+
+    def parts(a):
+        return None if a is None else [a[: sizes[0]], a[sizes[0] :]]
+
+    got = on_replicas(strategy, lambda *a: run(synced, *a), parts(x), parts(w), parts(mask))
+    for i in (0, 1):  # outputs and input gradients: each replica its rows
+        np.testing.assert_allclose(np.concatenate(got[i]), want[i], rtol=1e-4, atol=1e-4)
+    for replicas, total in zip(got[2:], want[2:], strict=True):
+        assert np.all(np.isfinite(replicas[0])) and np.all(np.isfinite(replicas[1]))
+        np.testing.assert_allclose(replicas[0] + replicas[1], total, rtol=1e-4, atol=1e-4)
+    for mine, theirs in zip(moving_statistics(synced), moving_statistics(single), strict=True):
+        first, second = replica_values(mine)
+        np.testing.assert_array_equal(first, second, err_msg=mine.path)
+        np.testing.assert_allclose(first, to_numpy(theirs), rtol=1e-5, err_msg=mine.path)
+
+
+@tensorflow_only
+def test_fit_with_a_last_batch_smaller_than_the_replicas_stays_finite(rng):
+    """`fit` of 33 samples with batch size 32 on two replicas: the last batch
+    splits (1, 0). Every weight stays finite and identical on both replicas.
+    (Keras's `fit` scales the uneven last step's loss per replica, so the run
+    is not the one-device run; the exactness of the layers for any split is
+    the test above.)"""
+    x = rng.normal(size=(33, 6)).astype("float32")
+    y = rng.normal(size=(33, 1)).astype("float32")
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        model = compile_for_regression(sync_model())
+    model.fit(x, y, epochs=2, batch_size=32, shuffle=False, verbose=0)
+    for variable in model.weights:
+        first, second = replica_values(variable)
+        assert np.all(np.isfinite(first)), variable.path
+        np.testing.assert_array_equal(first, second, err_msg=variable.path)
 
 
 @tensorflow_only
@@ -262,7 +347,7 @@ def one_device_run(worker, masked, directory):
     optimizer = keras.optimizers.SGD(worker.LEARNING_RATE)
     for x, y in worker.global_batches():
         with tf.GradientTape() as tape:
-            loss = worker.step_loss(model, tf.constant(x), tf.constant(y))
+            loss = worker.step_loss(model, tf.constant(x), tf.constant(y), float(len(x)))
         grads = tape.gradient(loss, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
     return model, initial
@@ -271,9 +356,10 @@ def one_device_run(worker, masked, directory):
 @tensorflow_only
 def test_multiworker_two_processes_match_one_device(tmp_path):
     """Two local worker processes (one replica each) train with synchronized
-    p=1, top-k, max, p=2 and mean-only batch norms, with and without a mask:
-    both end with identical weights and moving statistics, equal to one
-    device's on the global batches."""
+    p=1, top-k, max, p=2 and mean-only batch norms, with and without a mask,
+    the last global batch a single row (worker 1 holds none): both end with
+    identical weights and moving statistics, equal to one device's on the
+    global batches."""
     import multiworker_worker as worker
 
     references = {masked: one_device_run(worker, masked, tmp_path) for masked in (True, False)}
@@ -281,7 +367,11 @@ def test_multiworker_two_processes_match_one_device(tmp_path):
     env = dict(os.environ, KERAS_BACKEND="tensorflow", CUDA_VISIBLE_DEVICES="")
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     env.pop("TF_CONFIG", None)
-    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support", "multiworker_worker.py")
+    script = os.path.join(
+        os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+        "support",
+        "multiworker_worker.py",
+    )
     ports = free_ports(2)
     processes = [
         subprocess.Popen(

@@ -6,11 +6,12 @@ Both workers train the two models of `make_model` (synchronized Lp, top-k,
 max and mean-only batch norms, with and without a Masking layer in front)
 with the initial weights in DIRECTORY/initial_{masked,unmasked}.npz, for
 `STEPS` steps of the global batches of `global_batches()`, worker i's
-replica taking rows [i*8, i*8+8) of each. Keras's
-`fit` fails under this strategy (keras-team/keras#20585, SPEC section 8), so
+replica taking rows [i*8, i*8+8) of each, then one last global batch of a
+single row, which worker 0 takes whole and worker 1 sees empty. Keras's
+`fit` fails under this strategy (keras-team/keras#20585; docs/distributed.md), so
 the step is a custom one: `strategy.run` with `tf.GradientTape` and
 `optimizer.apply`. Each worker saves its final weights to
-DIRECTORY/worker_INDEX_{masked,unmasked}.npz. The test (tests/test_distribute.py) trains the
+DIRECTORY/worker_INDEX_{masked,unmasked}.npz. The test (tests/library/test_distribute.py) trains the
 same model on one device on the global batches and compares.
 
 Importing this module (the test does, for `make_model` and the data) touches
@@ -39,6 +40,8 @@ def global_batches(seed=7):
         x[np.arange(TIMESTEPS)[None, :] >= lengths[:, None]] = 0.0
         y = rng.normal(size=(GLOBAL_BATCH, 1)).astype("float32")
         batches.append((x, y))
+    last = rng.normal(1.0, 2.0, size=(1, TIMESTEPS, FEATURES)).astype("float32")
+    batches.append((last, rng.normal(size=(1, 1)).astype("float32")))
     return batches
 
 
@@ -72,13 +75,21 @@ def make_model(masked=True):
     return keras.Model(inputs, keras.layers.Dense(1)(h))
 
 
-def step_loss(model, x, y):
+def step_loss(model, x, y, global_rows):
     """Squared error summed over the replica's rows, divided by the global
     batch size: the replicas' gradients then add up to the global mean's."""
     from keras import ops
 
     prediction = model(x, training=True)
-    return ops.sum(ops.square(prediction - y)) / GLOBAL_BATCH
+    return ops.sum(ops.square(prediction - y)) / global_rows
+
+
+def replica_rows(rows, replica, replicas=2):
+    """The rows of a global batch of `rows` that `replica` takes: the first
+    replicas take one more where `rows` does not divide (1 row: (1, 0))."""
+    sizes = [rows // replicas + (r < rows % replicas) for r in range(replicas)]
+    start = sum(sizes[:replica])
+    return slice(start, start + sizes[replica])
 
 
 def main(index, port0, port1, directory):
@@ -109,29 +120,23 @@ def train(strategy, masked, index, directory):
         optimizer.build(model.trainable_variables)
 
     @tf.function
-    def train_step(x, y):
+    def train_step(x, y, global_rows):
         def replica_step(x, y):
             with tf.GradientTape() as tape:
-                loss = step_loss(model, x, y)
+                loss = step_loss(model, x, y, global_rows)
             grads = tape.gradient(loss, model.trainable_variables)
             optimizer.apply(grads, model.trainable_variables)
             return loss
 
         return strategy.run(replica_step, args=(x, y))
 
-    rows = GLOBAL_BATCH // strategy.num_replicas_in_sync
-
     def part(array):
         return strategy.experimental_distribute_values_from_function(
-            lambda ctx: tf.constant(
-                array[
-                    ctx.replica_id_in_sync_group * rows : (ctx.replica_id_in_sync_group + 1) * rows
-                ]
-            )
+            lambda ctx: tf.constant(array[replica_rows(len(array), ctx.replica_id_in_sync_group)])
         )
 
     for x, y in global_batches():
-        train_step(part(x), part(y))
+        train_step(part(x), part(y), float(len(x)))
 
     weights = {f"w{i}": w for i, w in enumerate(model.get_weights())}
     path = os.path.join(directory, f"worker_{index}_{name}.npz")

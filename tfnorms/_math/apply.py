@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tfnorms._math.reduce import channel_broadcast_shape, statistics_dtype
+from tfnorms._math.reduce import FLOAT_MAX, channel_broadcast_shape, statistics_dtype
 
 
 def working_dtype(dtype, low_precision=False):
@@ -27,9 +27,29 @@ def per_channel(vector, ndim, axis):
     return ops.reshape(vector, channel_broadcast_shape(ndim, axis, vector.shape[0]))
 
 
-def normalize(x, mean, variance, gamma=None, beta=None, epsilon=1e-3):
+def inverse_scale(variance, epsilon, scale=None):
+    """`1 / sqrt(variance + epsilon)`; from `scale` (sigma) itself when given,
+    as `rsqrt((sigma/s)**2 + epsilon/s**2) / s` with `s = max(sigma, 1)`, which
+    stays finite and exact where `sigma**2` overflows (and is the plain formula
+    for sigma <= 1)."""
+    if scale is None:
+        return ops.rsqrt(variance + epsilon)
+    s = ops.maximum(scale, 1.0)
+    return ops.rsqrt(ops.square(scale / s) + epsilon / ops.square(s)) / s
+
+
+def saturated(variance):
+    """`variance` with an overflow to infinity held at the dtype's largest
+    finite value (NaN stays NaN): what a moving variance keeps when sigma**2
+    leaves the float range."""
+    limit = FLOAT_MAX[keras.backend.standardize_dtype(variance.dtype)]
+    return ops.where(variance > limit, ops.full_like(variance, limit), variance)
+
+
+def normalize(x, mean, variance, gamma=None, beta=None, epsilon=1e-3, scale=None):
     """`gamma * (x - mean) / sqrt(variance + epsilon) + beta`, where every
-    argument broadcasts against x (`mean=None`: the uncentered form).
+    argument broadcasts against x (`mean=None`: the uncentered form); with
+    `scale` (sigma, see `inverse_scale`) in place of `variance`'s square root.
 
     The arithmetic of `tf.nn.batch_normalization` and Keras's
     `ops.layer_normalization`: `inv = gamma * rsqrt(variance + epsilon)`, then
@@ -37,7 +57,7 @@ def normalize(x, mean, variance, gamma=None, beta=None, epsilon=1e-3):
     statistics' dtype and cast to x's at the end, so a float16 `x` never sees
     `sigma**2`, which may not fit in float16.
     """
-    inv = ops.rsqrt(variance + epsilon)
+    inv = inverse_scale(variance, epsilon, scale)
     if gamma is not None:
         inv = inv * ops.cast(gamma, inv.dtype)
     offset = None if mean is None else -mean * inv

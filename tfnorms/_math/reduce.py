@@ -163,17 +163,28 @@ def masked_mean(v, axis, mask=None, count=None, total=None):
         total = reduced_count(v, axis)
     if low:
         mean = ops.cast(ops.mean(v, axis=axes), dtype)
-        if mask is None:
-            return mean
-        return mean * (as_dtype(total, dtype) / ops.maximum(count, 1.0))
+        if mask is not None:
+            mean = mean * (as_dtype(total, dtype) / ops.maximum(count, 1.0))
+        return zero_if_empty(mean, total)
     total_sum = ops.cast(ops.sum(v, axis=axes), dtype)
-    divisor = as_dtype(total, dtype) if mask is None else ops.maximum(count, 1.0)
-    return total_sum / divisor
+    divisor = as_dtype(total, dtype) if mask is None else count
+    if isinstance(divisor, float):
+        return total_sum / max(divisor, 1.0)
+    return total_sum / ops.maximum(divisor, 1.0)
 
 
-# The largest finite value of each float dtype: masked positions are filled
-# with -/+ these (not infinities, which the slot-wise cross-replica gather
-# would turn into 0 * inf = NaN).
+def zero_if_empty(statistic, count):
+    """`statistic`, or 0 where `count` (Python number or tensor) is 0: a batch
+    or replica with no (valid) elements contributes zeros, not the NaN of 0/0,
+    which would reach every replica through the collective's sum."""
+    if isinstance(count, (int, float)):
+        return statistic if count > 0 else ops.zeros_like(statistic)
+    return ops.where(count > 0, statistic, ops.zeros_like(statistic))
+
+
+# The largest finite value of each float dtype: masked positions and empty
+# reductions are filled with -/+ these (not infinities, which the slot-wise
+# cross-replica gather would turn into 0 * inf = NaN).
 FLOAT_MAX = {
     "float16": 65504.0,
     "bfloat16": 3.3895313892515355e38,

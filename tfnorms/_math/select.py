@@ -100,8 +100,11 @@ def top_k_values(values, k, axis, pad_to_k=False):
 
 
 def valid_mean(top):
-    """Mean over the last axis of the entries >= 0 (the sentinels excluded)."""
-    valid = top >= 0
+    """Mean over the last axis of the entries that are not sentinels (< 0), in
+    the statistics dtype: k float16 values can sum past float16's range. A NaN
+    entry counts, so that a NaN input shows in the result."""
+    top = ops.cast(top, statistics_dtype(top.dtype))
+    valid = ops.logical_not(top < 0)
     total = ops.sum(ops.where(valid, top, ops.zeros_like(top)), axis=-1)
     count = ops.sum(ops.cast(valid, top.dtype), axis=-1)
     return total / ops.maximum(count, 1.0)
@@ -133,7 +136,10 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
         mean = mean[0] if mean else None
         _, absolute = magnitude(x, mean)
         top = top_k_values(absolute, k, axis, pad_to_k=True)
-        threshold = ops.min(top, axis=-1)  # the k-th largest; the sentinel if fewer are valid
+        # The k-th largest; the sentinel if fewer are valid (`initial`: no rows at all).
+        threshold = ops.min(
+            top, axis=-1, initial=FLOAT_MAX[keras.backend.standardize_dtype(top.dtype)]
+        )
         value = valid_mean(top)
 
         def gradient(*args, upstream=None):
@@ -178,12 +184,15 @@ def extremes(x, axis, mask):
     """Per channel (per kept position), the maximum and minimum of the valid
     entries of `x`, in the statistics dtype (exact: they are entries of x)."""
     axes = reduction_axes(len(x.shape), axis)
-    if mask is None:
-        high, low = ops.max(x, axis=axes), ops.min(x, axis=axes)
-    else:
-        limit = FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
-        high = ops.max(ops.where(mask, x, ops.full_like(x, -limit)), axis=axes)
-        low = ops.min(ops.where(mask, x, ops.full_like(x, limit)), axis=axes)
+    # An empty reduction (no rows, or all masked) gives -/+ the largest finite
+    # value, which every caller reads as "no extreme" (a scale of 0).
+    limit = FLOAT_MAX[keras.backend.standardize_dtype(x.dtype)]
+    high_values, low_values = x, x
+    if mask is not None:
+        high_values = ops.where(mask, x, ops.full_like(x, -limit))
+        low_values = ops.where(mask, x, ops.full_like(x, limit))
+    high = ops.max(high_values, axis=axes, initial=-limit)
+    low = ops.min(low_values, axis=axes, initial=limit)
     dtype = statistics_dtype(x.dtype)
     return ops.cast(high, dtype), ops.cast(low, dtype)
 

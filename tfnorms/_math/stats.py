@@ -13,6 +13,7 @@ functions here call it at each stage and never ask which it is.
 from __future__ import annotations
 
 import math
+from typing import Any, NamedTuple
 
 import keras
 from keras import ops
@@ -29,6 +30,7 @@ from tfnorms._math.reduce import (
     reduced_count,
     reduction_axes,
     statistics_dtype,
+    zero_if_empty,
 )
 
 
@@ -44,8 +46,25 @@ def _is_low(dtype):
     return keras.backend.standardize_dtype(dtype) in ("float16", "bfloat16")
 
 
+class Statistics(NamedTuple):
+    """What `statistics` returns: per channel (kept position), in the
+    statistics dtype."""
+
+    mean: Any  # zeros when uncentered
+    variance: Any  # sigma_p**2 (for p = 2 the biased variance, as Keras)
+    count: Any  # (valid) elements reduced, global when synchronized
+    scale: Any  # sigma_p itself where it is computed without squares (p = 1,
+    # inf, top-k), so that it stays finite where sigma_p**2 overflows; else None
+
+
 def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, center=True):
-    """Per-channel mean and squared Lp scale `sigma_p**2` of `x`.
+    """Per-channel mean and squared Lp scale `sigma_p**2` of `x`; see `statistics`."""
+    result = statistics(x, axis, p, top_k, mask, reduction, center)
+    return result.mean, result.variance
+
+
+def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, center=True):
+    """Per-channel mean and Lp scale of `x`, as a `Statistics`.
 
     Args:
         x: the activations, in the dtype the elementwise work runs in.
@@ -62,9 +81,9 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCA
             (the uncentered, RMS-norm-like form); the returned mean is zeros.
 
     Returns:
-        `(mean, variance)`, the kept axes' shape in `statistics_dtype`;
-        `variance` is `sigma_p**2` (for p = 2 the biased variance, as Keras).
-        `n` in `C_inf(n)` is the number of (valid) elements of each statistic.
+        A `Statistics` of the kept axes' shape in `statistics_dtype`. `n` in
+        `C_inf(n)` is the number of (valid) elements of each statistic. Where
+        there is none (an empty batch, everything masked), mean and scale are 0.
 
     Cost: finite p and top-k make two passes over `x` (the mean, then the
     deviations) and, when synchronized, two collectives. The maximum needs no
@@ -85,7 +104,8 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCA
     if p == 2.0 and center and mask is None and not _is_low(x.dtype):
         fused = reduction.moments(x, reduction_axes(ndim, axis))
         if fused is not None:
-            return ops.cast(fused[0], dtype), ops.cast(fused[1], dtype)
+            mean, variance = (zero_if_empty(ops.cast(f, dtype), count) for f in fused)
+            return Statistics(mean, variance, count, None)
 
     local_count = count
     if center:  # pass 1: the mean
@@ -100,14 +120,20 @@ def lp_statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCA
         centered_mean = None
 
     # Pass 2: the deviations and the scale.
+    scale = None
     if math.isinf(p):
         top_mean = reduction.top_k_mean(x, centered_mean, top_k, axis, mask, dtype)
-        variance = ops.square(linf_constant(count) * top_mean)
+        scale = linf_constant(count) * top_mean
+        variance = ops.square(scale)
     else:
         deviation = x if centered_mean is None else x - centered_mean
-        moment = masked_mean(_power(deviation, p), axis, mask, local_count, total)
-        variance = lp_variance(reduction.moment(moment, local_count, count), p)
-    return (mean if center else ops.zeros_like(variance)), variance
+        moment = reduction.moment(
+            masked_mean(_power(deviation, p), axis, mask, local_count, total), local_count, count
+        )
+        variance = lp_variance(moment, p)
+        if p == 1.0:
+            scale = lp_constant(1.0) * moment
+    return Statistics(mean if center else ops.zeros_like(variance), variance, count, scale)
 
 
 def _power(deviation, p):
@@ -129,9 +155,9 @@ def _max_statistics(x, axis, mask, reduction, count, total, center):
     else:
         mean = ops.zeros(kept_shape(x, axis), dtype=dtype)
     mean, count, scale = reduction.mean_and_max_deviation(x, mean, count, axis, mask)
-    if mask is not None:  # nothing valid: the fill values, not a scale
-        scale = ops.where(count > 0, scale, ops.zeros_like(scale))
-    return mean, ops.square(linf_constant(count) * scale)
+    scale = zero_if_empty(scale, count)  # nothing valid: the fill values, not a scale
+    scale = linf_constant(count) * scale
+    return Statistics(mean, ops.square(scale), count, scale)
 
 
 def lp_variance(moment, p):
@@ -149,15 +175,17 @@ def lp_variance(moment, p):
         return c2 * ops.square(moment)
     positive = moment > 0
     safe = ops.where(positive, moment, ops.ones_like(moment))
-    return ops.where(positive, c2 * ops.power(safe, 2.0 / p), ops.zeros_like(moment))
+    # `moment * 0` is 0 at 0 and NaN at NaN: a NaN input stays visible.
+    return ops.where(positive, c2 * ops.power(safe, 2.0 / p), moment * 0.0)
 
 
-def mean_statistics(x, axis, mask=None, reduction=replicas.LOCAL):
-    """Per-channel mean only (mean-only batch norm): one pass, one collective."""
+def mean_statistics(x, axis, mask=None, reduction=replicas.LOCAL, with_count=False):
+    """Per-channel mean only (mean-only batch norm): one pass, one collective.
+    With `with_count`, also the number of valid elements (see `Statistics`)."""
     axis = axis % len(x.shape)
     dtype = statistics_dtype(x.dtype)
     if mask is not None:
         mask = ops.cast(mask, "bool")
     count, total = _counts(x, axis, mask, dtype)
-    mean, _ = reduction.mean(masked_mean(x, axis, mask, count, total), count)
-    return mean
+    mean, count = reduction.mean(masked_mean(x, axis, mask, count, total), count)
+    return (mean, count) if with_count else mean

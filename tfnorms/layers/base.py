@@ -94,7 +94,7 @@ class NormalizationLayer(keras.layers.Layer):
         """The arguments of an Lp scale estimate, for the layers that have one."""
         self.p = _validation.norm_order("p", p)
         self.top_k = _validation.top_k_for_order(top_k, self.p)
-        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        self.epsilon = _validation.epsilon("epsilon", epsilon)
 
     def _lp_scale_config(self) -> dict[str, Any]:
         # "inf" rather than float("inf"): JSON has no infinity.
