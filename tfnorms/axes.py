@@ -1,4 +1,4 @@
-"""Which kernel axes form one output unit: SPEC section 1 as one table.
+"""Which kernel axes form one output unit: the table of docs/design.md, "Output units".
 
 Every wrapper and constraint asks this module, and nothing else, which
 kernels of a layer are normalized and over which axes.
@@ -55,7 +55,7 @@ class KernelAxes:
 
     @property
     def reduce_axes(self) -> tuple[int, ...]:
-        """Axes summed over within one output unit (SPEC's `R`)."""
+        """Axes summed over within one output unit (`R` in docs/design.md, "Output units")."""
         return tuple(a for a in range(self.rank) if a not in self.unit_axes)
 
     def unit_shape(self, kernel_shape) -> tuple[int, ...]:

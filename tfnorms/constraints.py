@@ -1,4 +1,4 @@
-"""Kernel constraints (SPEC section 5): the projected-gradient counterparts of
+"""Kernel constraints (docs/design.md, "Constraints"): the projected-gradient counterparts of
 the weight-norm wrappers, with no extra variables.
 
 Keras applies a variable's constraint after every optimizer step
@@ -17,7 +17,7 @@ Which axes form one output unit:
   `(*k, out, in)`, needs `unit_axes=-2`; a depthwise convolution
   `unit_axes=(-2, -1)`.
 - `for_layer(layer_class)` reads both from tfnorms' output-unit table
-  (SPEC section 1, the table the wrappers use) and returns the constructor
+  (docs/design.md, "Output units", the table the wrappers use) and returns the constructor
   arguments, one per kernel of that layer kind:
 
       keras.layers.Conv2DTranspose(

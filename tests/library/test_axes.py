@@ -1,5 +1,5 @@
-"""The output-unit table (SPEC section 1) and its helpers, checked against
-the table as SPEC writes it and against the layers' own kernel shapes."""
+"""The output-unit table (docs/design.md, "Output units") and its helpers, checked against
+the table as docs/design.md writes it and against the layers' own kernel shapes."""
 
 import inspect
 
@@ -11,8 +11,9 @@ from tfnorms import axes
 
 L = keras.layers
 
-# SPEC section 1, written out again: class -> {kernel variable: unit axes from the end}.
-SPEC_TABLE = {
+# docs/design.md, "Output units", written out again:
+# class -> {kernel variable: unit axes from the end}.
+EXPECTED_TABLE = {
     L.Dense: {"kernel": (-1,)},
     L.EinsumDense: {"kernel": (-1,)},
     L.Conv1D: {"kernel": (-1,)},
@@ -67,9 +68,9 @@ BUILT = {
 }
 
 
-@pytest.mark.parametrize("cls", list(SPEC_TABLE), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", list(EXPECTED_TABLE), ids=lambda c: c.__name__)
 def test_table_matches_spec_for_classes_and_instances(cls):
-    assert axes.unit_axes_for(cls) == SPEC_TABLE[cls]
+    assert axes.unit_axes_for(cls) == EXPECTED_TABLE[cls]
     assert axes.is_supported(cls)
 
 
@@ -80,7 +81,7 @@ def test_find_kernels_on_built_layers(name):
     layer.build(shape)
     found = axes.find_kernels(layer)
     assert [a.name for _, a in found] == list(kernel_shapes)
-    unit_table = SPEC_TABLE[type(layer)]
+    unit_table = EXPECTED_TABLE[type(layer)]
     for variable, kernel_axes in found:
         assert tuple(variable.shape) == kernel_shapes[kernel_axes.name]
         rank = len(variable.shape)
@@ -149,13 +150,13 @@ def test_output_kernel_name():
     assert axes.output_kernel_name(L.GRUCell(2)) is None
 
 
-@pytest.mark.parametrize("cls", list(SPEC_TABLE), ids=lambda c: c.__name__)
+@pytest.mark.parametrize("cls", list(EXPECTED_TABLE), ids=lambda c: c.__name__)
 def test_constraint_arguments_are_real_constructor_arguments(cls):
     parameters = set()
     for klass in cls.__mro__:
         if "__init__" in klass.__dict__:
             parameters |= set(inspect.signature(klass.__dict__["__init__"]).parameters)
-    for kernel_name in SPEC_TABLE[cls]:
+    for kernel_name in EXPECTED_TABLE[cls]:
         argument = axes.constraint_argument(cls, kernel_name)
         assert argument in parameters, (cls.__name__, kernel_name, argument)
     if cls in (L.DepthwiseConv1D, L.DepthwiseConv2D):

@@ -1,4 +1,4 @@
-"""CenteredUnitNorm and FixedNorm (SPEC section 5): NumPy references on
+"""CenteredUnitNorm and FixedNorm (docs/design.md, "Constraints"): NumPy references on
 every kernel kind's axes, Keras UnitNorm's axis meaning, the projection after
 `fit`, bad arguments and serialization."""
 
@@ -17,9 +17,10 @@ import tfnorms
 
 L = keras.layers
 
-# SPEC section 1, written out again: class -> {kernel variable: unit axes from the end}.
+# docs/design.md, "Output units", written out again:
+# class -> {kernel variable: unit axes from the end}.
 RNN_AXES = {"kernel": (-1,), "recurrent_kernel": (-1,)}
-SPEC_UNIT_AXES = {
+EXPECTED_UNIT_AXES = {
     L.Dense: {"kernel": (-1,)},
     L.EinsumDense: {"kernel": (-1,)},
     L.Conv1D: {"kernel": (-1,)},
@@ -71,7 +72,7 @@ CONSTRAINTS = {
 @pytest.mark.parametrize("name", sorted(CONSTRAINTS))
 def test_for_layer_matches_numpy_on_every_kind(name, rng):
     cls, center, value = CONSTRAINTS[name]
-    for layer_class, kernels in SPEC_UNIT_AXES.items():
+    for layer_class, kernels in EXPECTED_UNIT_AXES.items():
         arguments = cls.for_layer(layer_class, value=value)
         if layer_class in (L.DepthwiseConv1D, L.DepthwiseConv2D):
             assert sorted(arguments) == ["depthwise_constraint"]
@@ -218,7 +219,7 @@ def constrained_kernels(model):
     found = []
     for layer in model.layers:
         owner = layer.cell if isinstance(layer, L.RNN) else layer
-        table = SPEC_UNIT_AXES.get(type(owner)) or SPEC_UNIT_AXES.get(type(layer))
+        table = EXPECTED_UNIT_AXES.get(type(owner)) or EXPECTED_UNIT_AXES.get(type(layer))
         if table is None:
             continue
         variables = {v.name: v for v in owner.weights}
@@ -248,7 +249,7 @@ def test_kernels_satisfy_the_projection_after_fit(fitted_all_kinds):
     kernels = constrained_kernels(model)
     assert len(kernels) == 22  # every kernel of every kind above
     for layer_class, kernel_name, w in kernels:
-        unit_axes = SPEC_UNIT_AXES[layer_class][kernel_name]
+        unit_axes = EXPECTED_UNIT_AXES[layer_class][kernel_name]
         axes = np_reduce_axes(w.shape, unit_axes)
         message = f"{layer_class.__name__} {kernel_name}"
         assert not np.allclose(w, before[(layer_class, kernel_name)]), message  # trained

@@ -1,9 +1,10 @@
-"""The wrappers on every kernel kind of SPEC section 1 beyond Dense/Conv:
+"""The wrappers on every kernel kind of docs/design.md, "Output units", beyond Dense/Conv:
 transposed, depthwise and separable convolutions, causal/dilated Conv1D,
 SimpleRNN/LSTM/GRU and their cells, inside Bidirectional, TimeDistributed
 and keras.layers.RNN; NumPy references on the right axes; the migration
-cases of tensorflow-addons users (TCN block, MelGAN upsampler); and SPEC
-section 7 through the shared helper."""
+cases of tensorflow-addons users (TCN block, MelGAN upsampler); and the
+duties of docs/design.md, "Duties of every public class", through the
+shared helper."""
 
 import keras
 import numpy as np
@@ -26,7 +27,7 @@ import tfnorms
 L = keras.layers
 
 # ------------------------------------------------------------ NumPy reference
-# Output-unit axes written from SPEC section 1 (counted from the end), not
+# Output-unit axes written from docs/design.md, "Output units" (counted from the end), not
 # read from tfnorms.axes.
 RNN_AXES = {"kernel": (-1,), "recurrent_kernel": (-1,)}
 
@@ -470,7 +471,7 @@ def test_melgan_upsampler_trains(rng):
     assert_fit_lowers_loss(compile_for_regression(model, learning_rate=0.05), x, y, epochs=4)
 
 
-# ---------------------------------------------------------- SPEC section 7
+# ----------------------------- Duties of every public class (docs/design.md)
 def make_sequence_zoo():
     """Every recurrent and 1-D kind in one model (TimeDistributed, whose
     Python loop over time steps is slow to trace, is tested on its own)."""

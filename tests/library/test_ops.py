@@ -1,5 +1,5 @@
-"""The Lp statistics of tfnorms.ops (SPEC section 4) against the NumPy
-references of lp_reference.py."""
+"""The Lp statistics of tfnorms._math.stats (docs/design.md, "Lp batch
+normalization") against the NumPy references of lp_reference.py."""
 
 import math
 
@@ -361,6 +361,7 @@ def test_normalize_and_subtract_mean_match_numpy(rng):
     want = gamma.reshape(shape) * (x - mean.reshape(shape)) / np.sqrt(
         variance.reshape(shape) + 1e-3
     ) + beta.reshape(shape)
+
     def c(v):  # per channel, broadcasting against x
         return apply.per_channel(t(v), 3, 1)
 

@@ -49,7 +49,7 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
         v: the proxy kernel `V`.
         scale: per-unit scale `g` (shape of the unit axes), a scalar, or None
             for no scale.
-        reduce_axes: the axes of one output unit (SPEC's `R`).
+        reduce_axes: the axes of one output unit (`R` in docs/design.md, "Output units").
         broadcast_shape: `v`'s shape with 1 on the reduced axes.
         center: subtract each unit's mean first (CWN) or not (WN).
         epsilon: added to the squared norm.
@@ -110,7 +110,7 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
 def fixed_frobenius_gain(gain, frobenius_norm, epsilon):
     """Per-unit gains rescaled so that their joint norm is `frobenius_norm`.
 
-    The `per_unit_gain` variant of bounded weight norm (SPEC section 3):
+    The `per_unit_gain` variant of bounded weight norm (docs/design.md, "Bounded weight norm"):
     `rho_F * g / ||g||`, so the units' relative sizes are learned while the
     layer's total norm stays fixed.
     """
