@@ -265,9 +265,10 @@ def test_synchronized_gradients_equal_global_batch(name, rng):
 @tensorflow_only
 def test_one_collective_per_statistics_stage(rng, monkeypatch):
     """Stacked reductions per replica and training call: two all-reduces for
-    LpBatchNormalization (mean; scale), one for the maximum (mean, max and
-    min together) and for MeanOnlyBatchNormalization, where Keras's
-    synchronized BatchNormalization issues three."""
+    LpBatchNormalization (mean; scale), one for p=2 (the replicas' moments
+    gathered), one for the maximum (mean, max and min together) and for
+    MeanOnlyBatchNormalization, where Keras's synchronized
+    BatchNormalization issues three."""
     import tensorflow as tf
 
     calls = []
@@ -283,6 +284,7 @@ def test_one_collective_per_statistics_stage(rng, monkeypatch):
     counts = {}
     for name, make in {
         "lp1": lambda: tfnorms.LpBatchNormalization(p=1, synchronized=True),
+        "lp2": lambda: tfnorms.LpBatchNormalization(p=2, synchronized=True),
         "max": lambda: tfnorms.LinfBatchNormalization(synchronized=True),
         "top3": lambda: tfnorms.LinfBatchNormalization(top_k=3, synchronized=True),
         "mean_only": lambda: tfnorms.MeanOnlyBatchNormalization(synchronized=True),
@@ -294,7 +296,8 @@ def test_one_collective_per_statistics_stage(rng, monkeypatch):
         calls.clear()
         on_replicas(strategy, lambda x, layer=layer: layer(x, training=True), split(x))
         counts[name] = len(calls) // strategy.num_replicas_in_sync
-    assert counts == {"lp1": 2, "max": 1, "top3": 2, "mean_only": 1, "keras": 3}, counts
+    expected = {"lp1": 2, "lp2": 1, "max": 1, "top3": 2, "mean_only": 1, "keras": 3}
+    assert counts == expected, counts
 
 
 def sync_model():

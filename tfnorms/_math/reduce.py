@@ -177,9 +177,11 @@ def zero_if_empty(statistic, count):
     """`statistic`, or 0 where `count` (Python number or tensor) is 0: a batch
     or replica with no (valid) elements contributes zeros, not the NaN of 0/0,
     which would reach every replica through the collective's sum."""
-    if isinstance(count, (int, float)):
-        return statistic if count > 0 else ops.zeros_like(statistic)
-    return ops.where(count > 0, statistic, ops.zeros_like(statistic))
+    if isinstance(count, (int, float)) and count > 0:
+        return statistic
+    # A `where`, even for a count known to be 0: the result stays connected to
+    # the inputs, so every replica differentiates the same collectives.
+    return ops.where(ops.convert_to_tensor(count) > 0, statistic, ops.zeros_like(statistic))
 
 
 # The largest finite value of each float dtype: masked positions and empty

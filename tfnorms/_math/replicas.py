@@ -11,7 +11,8 @@ its count, the scale); they never test whether they run distributed.
   `sums` over the replicas and stacks each of `gathers` on a new leading
   replica axis (`tfnorms.distribute.cross_replica_reduce` on TensorFlow).
   Each stage makes one call: the mean with the count; then the scale. The
-  maximum needs no deviations, so its extremes ride in the mean's collective.
+  maximum needs no deviations, so its extremes ride in the mean's collective;
+  p = 2 without a mask gathers each replica's moments in one collective.
 
 docs/distributed.md describes the collectives and their cost.
 """
@@ -21,7 +22,15 @@ from __future__ import annotations
 from keras import ops
 
 from tfnorms._math import select
-from tfnorms._math.reduce import kept_axes
+from tfnorms._math.reduce import kept_axes, statistics_dtype, zero_if_empty
+
+
+def _local_moments(x, axes, count):
+    """This batch's mean and biased variance in the statistics dtype; zeros
+    where it has no elements (`ops.moments` gives 0/0 there)."""
+    dtype = statistics_dtype(x.dtype)
+    mean, variance = ops.moments(x, axes)
+    return (zero_if_empty(ops.cast(m, dtype), count) for m in (mean, variance))
 
 
 class LocalReduction:
@@ -30,10 +39,11 @@ class LocalReduction:
     def check(self, ndim, axis, count):
         """Nothing to check: local statistics take any kept axes and masks."""
 
-    def moments(self, x, axes):
-        """Mean and biased variance in one fused op (`tf.nn.moments` on
-        TensorFlow), the cost of Keras's own batch norm."""
-        return ops.moments(x, axes)
+    def moments(self, x, axes, count):
+        """`(mean, variance, count)`: the biased moments in one fused op
+        (`tf.nn.moments` on TensorFlow), the cost of Keras's own batch norm."""
+        mean, variance = _local_moments(x, axes, count)
+        return mean, variance, count
 
     def mean(self, mean, count):
         return mean, count
@@ -76,9 +86,26 @@ class Replicated:
                 f"{tuple(getattr(count, 'shape', ()))}."
             )
 
-    def moments(self, x, axes):
-        """No fused form across replicas: the two-pass path takes over."""
-        return None
+    def moments(self, x, axes, count):
+        """`(mean, variance, count)` of the global batch in one collective.
+
+        Each replica takes its own moments in one fused op and the replicas'
+        `(count, mean, variance)` are gathered; every replica then combines
+        them exactly (Chan et al.'s pairwise formula, summed):
+        `mu = sum(n_r mu_r) / N`, `var = sum(n_r (var_r + (mu_r - mu)**2)) / N`.
+        Unlike sums of squares, no term cancels, so it is as accurate as one
+        device's two passes. A replica with no rows contributes zeros.
+        """
+        mean, variance = _local_moments(x, axes, count)
+        count = ops.convert_to_tensor(count, dtype=mean.dtype)
+        _, (counts, means, variances) = self._merge(
+            [], [ops.reshape(count, (1,)), mean, variance]
+        )  # (replicas, 1), (replicas, channels) twice
+        total = ops.sum(counts)
+        weights = counts / ops.maximum(total, 1.0)
+        global_mean = ops.sum(weights * means, axis=0)
+        spread = variances + ops.square(means - global_mean)
+        return global_mean, ops.sum(weights * spread, axis=0), total
 
     def _sums_with_count(self, sums, count, gathers=()):
         summed, gathered = self._merge([*sums, ops.reshape(count, (1,))], list(gathers))

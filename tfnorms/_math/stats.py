@@ -102,10 +102,8 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
     if math.isinf(p) and (top_k is None or top_k == 1):
         return _max_statistics(x, axis, mask, reduction, count, total, center)
     if p == 2.0 and center and mask is None and not _is_low(x.dtype):
-        fused = reduction.moments(x, reduction_axes(ndim, axis))
-        if fused is not None:
-            mean, variance = (zero_if_empty(ops.cast(f, dtype), count) for f in fused)
-            return Statistics(mean, variance, count, None)
+        mean, variance, count = reduction.moments(x, reduction_axes(ndim, axis), count)
+        return Statistics(mean, variance, count, None)
 
     local_count = count
     if center:  # pass 1: the mean
