@@ -21,20 +21,21 @@ import datetime
 import json
 import os
 import platform
-import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
+sys.path.insert(0, os.path.join(REPO, "examples"))  # the ResNet of examples/cifar10
+
+from timing import alternate, jax_runners, keras_runners, medians  # noqa: E402
 
 # (backend, model, jit, policy) rows of the default matrix: each axis (both
 # models, jit off and on, float32 and mixed_float16, both backends) at least
-# once, in under 10 minutes on 2 CPU cores. A ResNet-20 row costs about 4
-# minutes there (JAX: 7, XLA compiles every candidate), an MLP row about 1.5.
-# `--extended` adds the ResNet-20 jit rows and JAX mixed precision (about 22
-# minutes in all); `--full` runs every combination.
+# once, leaving out the costliest rows (ResNet-20 under XLA), so that
+# `make bench` stays near 10 minutes on 2 CPU cores. `--extended` adds those;
+# `--full` runs every combination.
 DEFAULT_MATRIX = [
     ("tensorflow", "mlp", False, "float32"),
     ("tensorflow", "mlp", True, "float32"),
@@ -79,36 +80,40 @@ def weight_norm_factories():
     }
 
 
-def resnet20(wrap=lambda layer: layer, norm=None, width=16):
-    """He et al.'s CIFAR ResNet-20 (3 x 3 basic blocks, option-A shortcuts)."""
-    import keras
-    from keras import layers
+class CandidateLayers:
+    """The layers `cifar10.models.resnet` asks its `norms` for, as a
+    candidate makes them: bias-free convolutions and the classifier wrapped
+    by `wrap`, each convolution followed by `norm()` (by nothing without a
+    `norm`). Keras's default initializers: only the cost is measured."""
 
-    def conv(filters, stride=1):
-        return wrap(layers.Conv2D(filters, 3, strides=stride, padding="same", use_bias=False))
+    def __init__(self, wrap, norm):
+        self.wrap = wrap
+        self.norm = norm
 
-    def bn():
-        return norm() if norm else layers.Identity()
+    def conv(self, filters, kernel_size, strides=1, padding="same", name=None, fan_in=None):
+        from keras import layers
 
-    inputs = keras.Input((32, 32, 3))
-    x = layers.ReLU()(bn()(conv(width)(inputs)))
-    for stage, filters in enumerate((width, 2 * width, 4 * width)):
-        for block in range(3):
-            stride = 2 if stage > 0 and block == 0 else 1
-            y = layers.ReLU()(bn()(conv(filters, stride)(x)))
-            y = bn()(conv(filters)(y))
-            if stride != 1:  # option A: subsample and zero-pad the channels
-                # Built-in layers only (no Lambda), so that tfnorms.strip can clone it.
-                x = layers.MaxPooling2D(pool_size=1, strides=2)(x)
-                h, w, c = x.shape[1:]
-                pad = (filters - c) // 2
-                x = layers.Reshape((h, w, c, 1))(x)
-                x = layers.ZeroPadding3D(((0, 0), (0, 0), (pad, pad)))(x)
-                x = layers.Reshape((h, w, filters))(x)
-            x = layers.ReLU()(layers.Add()([x, y]))
-    x = layers.GlobalAveragePooling2D()(x)
-    outputs = wrap(layers.Dense(10))(x)
-    return keras.Model(inputs, outputs)
+        conv = layers.Conv2D(
+            filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
+        )
+        return self.wrap(conv)
+
+    def bn(self, name=None, zero_gamma=False):
+        return self.norm() if self.norm else None
+
+    def classifier(self, units, fan_in=None):
+        from keras import layers
+
+        return self.wrap(layers.Dense(units))
+
+
+def resnet20(wrap=lambda layer: layer, norm=None):
+    """He et al.'s CIFAR ResNet-20 (3 x 3 basic blocks, option-A shortcuts),
+    the example's own definition: built-in Keras layers around the
+    candidates', so that `tfnorms.strip` can clone it."""
+    from cifar10 import models
+
+    return models.resnet(CandidateLayers(wrap, norm), depth=20, shortcut="A")
 
 
 def mlp(wrap=lambda layer: layer, norm=None, width=512, depth=6, input_dim=784):
@@ -158,75 +163,6 @@ def compile_model(model, jit):
     return model
 
 
-def jax_runners(model, x, y, train=True):
-    """`(train, infer, step_bytes)` for a compiled model on JAX.
-
-    `train()` runs one jit-compiled training step (forward, backward and the
-    optimizer update through Keras's stateless API: what `fit` compiles) and
-    carries the updated state to the next call; `infer()` runs the compiled
-    forward pass. `step_bytes` is what XLA plans for the training step
-    (arguments, outputs and temporaries), from the same compiled executable,
-    so each candidate is compiled once for training.
-    """
-    import jax
-    import keras
-
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    optimizer = model.optimizer
-    optimizer.build(model.trainable_variables)
-
-    def step(trainable, non_trainable, opt_vars, x, y):
-        def loss_of(trainable):
-            logits, non_trainable_new = model.stateless_call(
-                trainable, non_trainable, x, training=True
-            )
-            return loss_fn(y, logits), non_trainable_new
-
-        (loss, non_trainable_new), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-        trainable, opt_vars = optimizer.stateless_apply(opt_vars, grads, trainable)
-        return loss, trainable, non_trainable_new, opt_vars
-
-    def forward(trainable, non_trainable, x):
-        return model.stateless_call(trainable, non_trainable, x, training=False)[0]
-
-    x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
-    state = [
-        [v.value for v in model.trainable_variables],
-        [v.value for v in model.non_trainable_variables],
-        [v.value for v in optimizer.variables],
-    ]
-    predict = jax.jit(forward)
-
-    def infer():
-        return jax.block_until_ready(predict(state[0], state[1], x))
-
-    if not train:
-        return None, infer, None
-    compiled = jax.jit(step).lower(*state, x, y).compile()
-    analysis = compiled.memory_analysis()
-    step_bytes = None
-    if analysis is not None:
-        step_bytes = int(
-            analysis.temp_size_in_bytes
-            + analysis.argument_size_in_bytes
-            + analysis.output_size_in_bytes
-        )
-
-    def train():
-        loss, *state[:] = compiled(*state, x, y)
-        return jax.block_until_ready(loss)
-
-    return train, infer, step_bytes
-
-
-def keras_runners(model, x, y, train=True):
-    """`(train, infer, None)` through `train_on_batch`/`predict_on_batch`
-    (TensorFlow: a `tf.function`, XLA-compiled with `jit_compile=True`);
-    both return NumPy values, so they wait for the result."""
-    train_step = (lambda: model.train_on_batch(x, y)) if train else None
-    return train_step, (lambda: model.predict_on_batch(x)), None
-
-
 def time_group(factories, x, y, jit, steps, warmup):
     """Per candidate: median seconds of a training step and of inference,
     each timed in alternation with the other candidates, and step bytes."""
@@ -241,17 +177,8 @@ def time_group(factories, x, y, jit, steps, warmup):
     results = {name: {"step_bytes": r[2]} for name, r in runners.items()}
     for kind, index in (("train_s", 0), ("infer_s", 1)):
         timed = {name: r[index] for name, r in runners.items() if r[index] is not None}
-        for run in timed.values():
-            for _ in range(warmup):
-                run()
-        times = {name: [] for name in timed}
-        for _ in range(steps):
-            for name, run in timed.items():
-                start = time.perf_counter()
-                run()
-                times[name].append(time.perf_counter() - start)
-        for name, t in times.items():
-            results[name][kind] = statistics.median(t)
+        for name, seconds in medians(alternate(timed, steps, warmup=warmup)).items():
+            results[name][kind] = seconds
     return results
 
 
@@ -297,7 +224,8 @@ def run_configuration(model_name, jit, policy, steps, warmup):
 
 # ---------------------------------------------------------------- report
 WEIGHT_NORM_WRAPPERS = ["CenteredWeightNorm", "WeightNormalization", "BoundedWeightNorm"]
-# (label, candidates, measure, limit) of the issue's targets, checked per configuration.
+# (label, candidates, measure, limit) of the performance targets, checked per
+# configuration (docs/performance.md, "Targets").
 TARGETS = [
     ("LpBN p=2 training step", ["LpBN p=2"], "train_ratio", 1.03),
     ("LpBN p=1 and p=inf training step", ["LpBN p=1", "LpBN p=inf"], "train_ratio", 1.08),
@@ -420,7 +348,7 @@ def worker(args):
     json.dump(results, sys.stdout)
 
 
-def main(argv=None):
+def build_parser():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps (default 3)")
@@ -455,6 +383,11 @@ def main(argv=None):
         "'none' for no notes)",
     )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    return parser
+
+
+def main(argv=None):
+    parser = build_parser()
     args = parser.parse_args(argv)
     if args.steps < 20:
         parser.error(f"--steps must be at least 20 (got {args.steps})")
@@ -471,8 +404,25 @@ def main(argv=None):
             saved = json.load(f)
         write_report(saved["results"], saved["meta"], args.output, notes)
         return 0
-    matrix = (
-        [
+    started = time.perf_counter()
+    results = measure(chosen_matrix(args), args)
+    meta = {
+        "date": datetime.date.today().isoformat(),
+        "command": " ".join(["python benchmarks/bench.py", *(argv or sys.argv[1:])]),
+        "wall_minutes": (time.perf_counter() - started) / 60,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
+        "python": platform.python_version(),
+        "steps": args.steps,
+        "warmup": args.warmup,
+        **_versions(),
+    }
+    write_report(results, meta, args.output, notes)
+    return 0
+
+
+def chosen_matrix(args):
+    if args.full:
+        matrix = [
             (b, m, j, p)
             for b in ("tensorflow", "jax")
             for m in MODELS
@@ -480,15 +430,15 @@ def main(argv=None):
             for p in ("float32", "mixed_float16")
             if not (b == "jax" and not j)
         ]
-        if args.full
-        else EXTENDED_MATRIX
-        if args.extended
-        else DEFAULT_MATRIX
-    )
-    matrix = [c for c in matrix if c[0] in args.backends and c[1] in args.models]
+    else:
+        matrix = EXTENDED_MATRIX if args.extended else DEFAULT_MATRIX
+    return [c for c in matrix if c[0] in args.backends and c[1] in args.models]
+
+
+def measure(matrix, args):
+    """Each backend's configurations in a worker process of its own (the
+    backend is chosen when Keras is imported)."""
     results = []
-    versions = {}
-    started = time.perf_counter()
     for backend in args.backends:
         configs = [c for c in matrix if c[0] == backend]
         if not configs:
@@ -498,37 +448,23 @@ def main(argv=None):
             KERAS_BACKEND=backend,
             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
         )
-        command = [
-            sys.executable,
-            __file__,
-            "--worker",
-            json.dumps(configs),
-            "--steps",
-            str(args.steps),
-            "--warmup",
-            str(args.warmup),
-        ]
+        command = [sys.executable, __file__, "--worker", json.dumps(configs)]
+        command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
         output = subprocess.run(
             command, env=env, check=True, stdout=subprocess.PIPE, text=True
         ).stdout
         results += json.loads(output)
+    return results
+
+
+def _versions():
+    versions = {}
     for module in ("keras", "tensorflow", "jax"):
         try:
             versions[module] = __import__(module).__version__
         except ImportError:
             versions[module] = "not installed"
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join(["python benchmarks/bench.py", *(argv or sys.argv[1:])]),
-        "wall_minutes": (time.perf_counter() - started) / 60,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.system()}",
-        "python": platform.python_version(),
-        "steps": args.steps,
-        "warmup": args.warmup,
-        **versions,
-    }
-    write_report(results, meta, args.output, notes)
-    return 0
+    return versions
 
 
 def write_report(results, meta, output, notes=None):

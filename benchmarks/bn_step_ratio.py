@@ -4,10 +4,9 @@ Two copies of the same CNN (conv-BN-ReLU blocks, global pooling, a softmax
 classifier) differ only in their batch norms: `keras.layers.BatchNormalization`
 in one, `tfnorms.LpBatchNormalization(p=..., top_k=...)` in the other. Both
 are compiled alike and trained with `train_on_batch` on the same batch,
-alternating step by step in one process so that drifts of the machine (other
-jobs, clock changes) hit both alike. The script prints the median step time
-of each and their ratio (ours / Keras's), plus the median of the per-pair
-ratios.
+alternating step by step (the benchmarks' harness, timing.py). The script
+prints the median step time of each and their ratio (ours / Keras's), plus
+the median of the per-pair ratios.
 
     KERAS_BACKEND=tensorflow python benchmarks/bn_step_ratio.py --p 1
     python benchmarks/bn_step_ratio.py --p inf --top-k 10 --steps 300
@@ -22,7 +21,8 @@ import json
 import os
 import statistics
 import sys
-import time
+
+from timing import alternate, medians
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -65,14 +65,13 @@ def make_cnn(norm, image_size, width, classes=10):
     return keras.Sequential(layers)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def build_models(args):
+    """{"keras": the CNN with Keras's batch norm, "tfnorms": with ours}, with
+    the same starting weights, compiled alike."""
     import keras
-    import numpy as np
 
     import tfnorms
 
-    keras.utils.set_random_seed(args.seed)
     p = args.p if args.p == "inf" else float(args.p)
     models = {
         "keras": make_cnn(keras.layers.BatchNormalization, args.image_size, args.width),
@@ -89,51 +88,54 @@ def main(argv=None):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile=args.jit,
         )
+    return models
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+    import numpy as np
+
+    keras.utils.set_random_seed(args.seed)
+    models = build_models(args)
     rng = np.random.default_rng(args.seed)
     x = rng.normal(size=(args.batch_size, args.image_size, args.image_size, 3)).astype("float32")
     y = rng.integers(0, 10, size=(args.batch_size,))
-
-    for _ in range(args.warmup):
-        for model in models.values():
-            model.train_on_batch(x, y)
-    times = {name: [] for name in models}
-    order = list(models)
-    for step in range(args.steps):
-        # Alternate which model goes first, so neither always follows the other.
-        for name in order if step % 2 == 0 else order[::-1]:
-            start = time.perf_counter()
-            models[name].train_on_batch(x, y)
-            times[name].append(time.perf_counter() - start)
-
-    medians = {name: statistics.median(t) for name, t in times.items()}
-    ratio = medians["tfnorms"] / medians["keras"]
+    steps = {name: (lambda m=model: m.train_on_batch(x, y)) for name, model in models.items()}
+    times = alternate(steps, args.steps, warmup=args.warmup)
+    medians_s = medians(times)
+    ratio = medians_s["tfnorms"] / medians_s["keras"]
     pair_ratio = statistics.median(
         a / b for a, b in zip(times["tfnorms"], times["keras"], strict=True)
     )
+    report(args, keras.backend.backend(), medians_s, ratio, pair_ratio)
+    return ratio
+
+
+def report(args, backend, medians_s, ratio, pair_ratio):
     label = f"LpBatchNormalization(p={args.p}" + (f", top_k={args.top_k})" if args.top_k else ")")
     print(
-        f"backend {keras.backend.backend()}, batch {args.batch_size}x{args.image_size}x"
+        f"backend {backend}, batch {args.batch_size}x{args.image_size}x"
         f"{args.image_size}x3, width {args.width}, jit {args.jit}, {args.steps} steps each"
     )
-    print(f"Keras BatchNormalization  median step {medians['keras'] * 1e3:8.2f} ms")
-    print(f"{label:<25} median step {medians['tfnorms'] * 1e3:8.2f} ms")
+    print(f"Keras BatchNormalization  median step {medians_s['keras'] * 1e3:8.2f} ms")
+    print(f"{label:<25} median step {medians_s['tfnorms'] * 1e3:8.2f} ms")
     print(f"ratio (median ours / median Keras): {ratio:.3f}")
     print(f"median of per-pair ratios:          {pair_ratio:.3f}")
     if args.json:
         print(
             json.dumps(
                 {
-                    "backend": keras.backend.backend(),
+                    "backend": backend,
                     "p": args.p,
                     "top_k": args.top_k,
-                    "median_keras_s": medians["keras"],
-                    "median_tfnorms_s": medians["tfnorms"],
+                    "median_keras_s": medians_s["keras"],
+                    "median_tfnorms_s": medians_s["tfnorms"],
                     "ratio": ratio,
                     "pair_ratio": pair_ratio,
                 }
             )
         )
-    return ratio
 
 
 if __name__ == "__main__":

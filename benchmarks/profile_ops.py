@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
+
+from timing import alternate, jax_train_step, medians, model_state, planned_bytes  # noqa: E402
 
 
 def autodiff_weight_norm_kernel(v, scale, reduce_axes, center, epsilon=1e-12):
@@ -111,16 +111,7 @@ def compiled_gradient(function, *arrays):
 
 
 def median_times(candidates, steps):
-    for run in candidates.values():
-        for _ in range(3):
-            run()
-    times = {name: [] for name in candidates}
-    for _ in range(steps):
-        for name, run in candidates.items():
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return medians(alternate(candidates, steps, warmup=3))
 
 
 def print_ratios(title, times):
@@ -200,10 +191,9 @@ def profile_max_deviation(steps):
 
 
 def profile_jax_mlp_step():
-    """XLA's view of a whole MLP training step, plain against CWN."""
+    """XLA's view of a whole MLP training step (what bench.py times), plain
+    against CWN."""
     import bench
-    import jax
-    import keras
     import numpy as np
 
     import tfnorms
@@ -212,38 +202,15 @@ def profile_jax_mlp_step():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=(batch,)).astype("int32")
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     print("\nJAX MLP training step, as compiled by XLA")
     for name, wrap in [("plain", lambda layer: layer), ("CWN", tfnorms.CenteredWeightNorm)]:
         model = bench.compile_model(build(wrap=wrap), True)
-        optimizer = model.optimizer
-        optimizer.build(model.trainable_variables)
-
-        def step(trainable, non_trainable, opt_vars, x, y, model=model, optimizer=optimizer):
-            def loss_of(trainable):
-                logits, updated = model.stateless_call(trainable, non_trainable, x, training=True)
-                return loss_fn(y, logits), updated
-
-            (loss, _), grads = jax.value_and_grad(loss_of, has_aux=True)(trainable)
-            return loss, optimizer.stateless_apply(opt_vars, grads, trainable)
-
-        args = (
-            [v.value for v in model.trainable_variables],
-            [v.value for v in model.non_trainable_variables],
-            [v.value for v in optimizer.variables],
-            x,
-            y,
-        )
-        compiled = jax.jit(step).lower(*args).compile()
-        text = compiled.as_text()
-        memory = compiled.memory_analysis()
-        planned = (
-            memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-        )
+        compiled = jax_train_step(model, model_state(model), x, y)
+        temporaries = compiled.memory_analysis().temp_size_in_bytes
         print(
-            f"  {name:<6} fused kernels {text.count(' fusion('):4d}  planned "
-            f"{planned / 2**20:6.1f} MiB "
-            f"(temporaries {memory.temp_size_in_bytes / 2**20:5.1f} MiB)"
+            f"  {name:<6} fused kernels {compiled.as_text().count(' fusion('):4d}  planned "
+            f"{planned_bytes(compiled) / 2**20:6.1f} MiB "
+            f"(temporaries {temporaries / 2**20:5.1f} MiB)"
         )
 
 

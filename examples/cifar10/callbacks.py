@@ -1,17 +1,13 @@
 """Callbacks that make a run resumable and observable, for `fit` and for the
 multi-worker custom loop alike.
 
-Every file in `--out` is written atomically (a temporary file, then
-`os.replace`), so a run killed at any point leaves either the old or the new
-version of each file, never half of one. The epoch log is cut back to the
-epochs that the backup holds when a run resumes, so every epoch is logged
-exactly once however often the run was killed.
+The epoch log is cut back to the epochs that the backup holds when a run
+resumes, so every epoch is logged exactly once however often the run was
+killed. Files are written through `outputs`, atomically.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import math
 import os
@@ -21,45 +17,16 @@ import time
 
 import keras
 
-BACKUP_DIR = "backup"
-LOG_CSV = "log.csv"
-BEST_MODEL = "best.keras"
-BEST_JSON = "best.json"
-COLUMNS = (
-    "epoch",
-    "loss",
-    "accuracy",
-    "val_loss",
-    "val_accuracy",
-    "lr",
-    "train_seconds",
-    "epoch_seconds",
-    "images_per_second",
-    "warmup",
+from cifar10.outputs import (
+    BACKUP_DIR,
+    BEST_JSON,
+    BEST_MODEL,
+    backed_up_epochs,
+    read_log,
+    save_model_atomic,
+    write_atomic,
+    write_log,
 )
-
-
-# ------------------------------------------------------------- file helpers
-def temporary_path(path):
-    """A hidden name beside `path` (`.tmp-NAME`), removed at the next start."""
-    directory, name = os.path.split(path)
-    return os.path.join(directory, f".tmp-{name}")
-
-
-def write_atomic(path, text):
-    tmp = temporary_path(path)
-    with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def save_model_atomic(model, path):
-    """`model.save(path)` through a temporary `.keras` file beside it."""
-    tmp = temporary_path(path)
-    model.save(tmp)
-    os.replace(tmp, path)
 
 
 def _readable_json(path):
@@ -69,34 +36,6 @@ def _readable_json(path):
         return True
     except (OSError, ValueError):
         return False
-
-
-def backed_up_epochs(out_dir):
-    """How many epochs the backup in `out_dir` holds (0 without one)."""
-    path = os.path.join(out_dir, BACKUP_DIR, "training_metadata.json")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return int(json.load(handle)["epoch"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return 0
-
-
-def read_log(out_dir):
-    path = os.path.join(out_dir, LOG_CSV)
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = []
-        for row in csv.DictReader(handle):
-            rows.append({k: (int(v) if k == "epoch" else _number(v)) for k, v in row.items()})
-        return rows
-
-
-def _number(text):
-    try:
-        return float(text)
-    except (TypeError, ValueError):
-        return None
 
 
 def _to_float(value):
@@ -224,13 +163,7 @@ class EpochLog(keras.callbacks.Callback):
         print(summary_line(row, self.epochs), file=self.stream, flush=True)
 
     def _write(self):
-        keys = list(COLUMNS) + sorted({k for r in self.rows for k in r} - set(COLUMNS))
-        buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=keys, lineterminator="\n")
-        writer.writeheader()
-        for row in self.rows:
-            writer.writerow({k: row.get(k, "") for k in keys})
-        write_atomic(os.path.join(self.out_dir, LOG_CSV), buffer.getvalue())
+        write_log(self.out_dir, self.rows)
 
 
 def summary_line(row, epochs):

@@ -11,6 +11,7 @@ The archive is never extracted to disk: its members are read in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import io
 import os
@@ -197,6 +198,22 @@ def load_cifar10(data_dir=None):
     ]
     test = _parse_batch(safe_unpickle(*members[TEST_BATCH]), members[TEST_BATCH][1])
     return _stack(train), test
+
+
+@dataclasses.dataclass
+class Cifar10:
+    """The loaded set, with the training images' per-channel mean and
+    standard deviation (what the pipeline standardizes with)."""
+
+    train: tuple
+    test: tuple
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def load(cls, data_dir=None):
+        train, test = load_cifar10(data_dir)
+        return cls(train, test, *channel_stats(train[0]))
 
 
 # ------------------------------------------------------------------ writing

@@ -14,7 +14,7 @@ import time
 
 import keras
 
-from cifar10 import callbacks as cbs
+from cifar10.outputs import backed_up_epochs
 
 
 def train(
@@ -33,13 +33,43 @@ def train(
 ):
     """Train `model` (compiled for its optimizer) for `epochs` epochs,
     starting after the epochs that the backup in `out_dir` holds."""
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
+    train_step, predict_step = _step_functions(model, strategy, loss_fn, global_batch)
+    with strategy.scope():
+        callback_list.on_train_begin()
+    iterator = iter(dataset)
+    for epoch in range(backed_up_epochs(out_dir), epochs):
+        callback_list.on_epoch_begin(epoch)
+        progress = None
+        if is_chief and verbose == 1:
+            progress = keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
+        logs = _train_epoch(
+            train_step, iterator, steps_per_epoch, global_batch, callback_list, progress
+        )
+        callback_list.on_test_begin()
+        if is_chief:
+            # Inference reads the moving statistics: no collective, so only
+            # the chief evaluates; the other workers wait in the next step.
+            logs.update(_evaluate(predict_step, loss_fn, test_dataset))
+        callback_list.on_epoch_end(epoch, logs)
+    callback_list.on_train_end()
+
+
+def _correct(labels, logits):
+    import tensorflow as tf
+
+    predicted = tf.argmax(logits, -1, output_type=labels.dtype)
+    return tf.reduce_sum(tf.cast(tf.equal(predicted, labels), tf.float32))
+
+
+def _step_functions(model, strategy, loss_fn, global_batch):
+    """`(train_step(iterator) -> (loss, correct) summed over replicas,
+    predict_step(images) -> logits)`, as `tf.function`s."""
     import tensorflow as tf
 
     optimizer = model.optimizer
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     replicas = strategy.num_replicas_in_sync
-    dataset = strategy.distribute_datasets_from_function(train_dataset_fn)
-
     with strategy.scope():
         optimizer.build(model.trainable_variables)
 
@@ -53,10 +83,7 @@ def train(
             scaled = optimizer.scale_loss(total)
         grads = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply(grads, model.trainable_variables)
-        correct = tf.reduce_sum(
-            tf.cast(tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels), tf.float32)
-        )
-        return data_loss, correct
+        return data_loss, _correct(labels, logits)
 
     @tf.function
     def train_step(iterator):
@@ -69,55 +96,39 @@ def train(
     def predict_step(images):
         return model(images, training=False)
 
-    with strategy.scope():
-        callback_list.on_train_begin()
-    start = cbs.backed_up_epochs(out_dir)
-    iterator = iter(dataset)  # endless: every worker takes steps_per_epoch per epoch
-    for epoch in range(start, epochs):
-        callback_list.on_epoch_begin(epoch)
-        progress = (
-            keras.utils.Progbar(steps_per_epoch, stateful_metrics=["loss", "accuracy"])
-            if is_chief and verbose == 1
-            else None
-        )
-        loss_sum = correct_sum = 0.0
-        for step in range(steps_per_epoch):
-            loss, correct = train_step(iterator)
-            loss_sum += float(loss)
-            correct_sum += float(correct)
-            callback_list.on_train_batch_end(step)
-            if progress is not None:
-                progress.update(
-                    step + 1,
-                    [
-                        ("loss", loss_sum / (step + 1)),
-                        ("accuracy", correct_sum / ((step + 1) * global_batch)),
-                    ],
-                )
-        logs = {
-            "loss": loss_sum / steps_per_epoch,
-            "accuracy": correct_sum / (steps_per_epoch * global_batch),
-        }
-        callback_list.on_test_begin()
-        if is_chief:
-            # Inference reads the moving statistics: no collective, so only
-            # the chief evaluates; the other workers wait in the next step.
-            test_started = time.perf_counter()
-            total = test_loss = test_correct = 0.0
-            for images, labels in test_dataset:
-                logits = predict_step(images)
-                test_loss += float(tf.reduce_sum(loss_fn(labels, logits)))
-                test_correct += float(
-                    tf.reduce_sum(
-                        tf.cast(
-                            tf.equal(tf.argmax(logits, -1, output_type=labels.dtype), labels),
-                            tf.float32,
-                        )
-                    )
-                )
-                total += float(tf.shape(labels)[0])
-            logs["val_loss"] = test_loss / total
-            logs["val_accuracy"] = test_correct / total
-            logs["val_seconds"] = time.perf_counter() - test_started
-        callback_list.on_epoch_end(epoch, logs)
-    callback_list.on_train_end()
+    return train_step, predict_step
+
+
+def _train_epoch(train_step, iterator, steps, global_batch, callback_list, progress):
+    """One epoch's `steps` steps (the iterator is endless: every worker takes
+    the same number); its mean loss and accuracy."""
+    loss_sum = correct_sum = 0.0
+    for step in range(steps):
+        loss, correct = train_step(iterator)
+        loss_sum += float(loss)
+        correct_sum += float(correct)
+        callback_list.on_train_batch_end(step)
+        if progress is not None:
+            seen = step + 1
+            progress.update(
+                seen,
+                [("loss", loss_sum / seen), ("accuracy", correct_sum / (seen * global_batch))],
+            )
+    return {"loss": loss_sum / steps, "accuracy": correct_sum / (steps * global_batch)}
+
+
+def _evaluate(predict_step, loss_fn, test_dataset):
+    import tensorflow as tf
+
+    started = time.perf_counter()
+    total = loss = correct = 0.0
+    for images, labels in test_dataset:
+        logits = predict_step(images)
+        loss += float(tf.reduce_sum(loss_fn(labels, logits)))
+        correct += float(_correct(labels, logits))
+        total += float(tf.shape(labels)[0])
+    return {
+        "val_loss": loss / total,
+        "val_accuracy": correct / total,
+        "val_seconds": time.perf_counter() - started,
+    }

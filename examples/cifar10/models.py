@@ -14,10 +14,18 @@
 Every channel count is multiplied by `width` (at least 1 channel), so that
 tests and quick runs can use tiny versions of the same graphs. Only built-in
 Keras layers and tfnorms layers are used, so the saved `.keras` files load
-with `import tfnorms` alone.
+with `import tfnorms` alone, and `tfnorms.strip` can clone the models.
+
+Each builder takes its layers from `norms`: `conv(filters, kernel_size,
+strides, padding, name, fan_in)`, `bn(name, zero_gamma)` (`None`: no batch
+norm there) and `classifier(units, fan_in)`, as `norms.Norms` provides them
+(benchmarks/bench.py passes its own, to time its candidates in the same
+ResNet-20).
 """
 
 from __future__ import annotations
+
+from cifar10 import checks
 
 MODELS = ("resnet", "vgg-a", "googlenet")
 VGG_A = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -83,12 +91,8 @@ def _shortcut_a(x, filters, strides, name):
 def resnet(norms, depth=56, width=1.0, shortcut="A", num_classes=10, input_shape=(32, 32, 3)):
     import keras
 
-    if depth < 8 or (depth - 2) % 6:
-        raise ModelError(
-            f"--depth {depth}: a CIFAR ResNet has depth 6n+2 >= 8 (20, 32, 44, 56, 110)"
-        )
-    if shortcut not in ("A", "B"):
-        raise ModelError(f"--shortcut {shortcut!r}: choose A or B")
+    checks.check_ranges({"depth": depth}, ModelError)
+    checks.check_choice("shortcut", shortcut, ("A", "B"), ModelError)
     blocks = (depth - 2) // 6
     inputs = keras.Input(input_shape, name="image")
     x = _conv_bn_relu(inputs, norms, _channels(16, width), 3, name="stem")
@@ -178,8 +182,7 @@ def googlenet(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3), blocks=
     tests. `None` keeps all ten."""
     import keras
 
-    if blocks is not None and blocks < 1:
-        raise ModelError(f"--inception-blocks {blocks}: must be >= 1")
+    checks.check_ranges({"inception_blocks": blocks}, ModelError)
     stages = [("3a", "3b", "3c"), ("4a", "4b", "4c", "4d", "4e"), ("5a", "5b")]
     stages = [stage[:blocks] if blocks else stage for stage in stages]
     inputs = keras.Input(input_shape, name="image")
@@ -198,10 +201,9 @@ def googlenet(norms, width=1.0, num_classes=10, input_shape=(32, 32, 3), blocks=
 
 
 def build(name, norms, *, depth=56, width=1.0, shortcut="A", num_classes=10, blocks=None):
+    checks.check_choice("model", name, MODELS, ModelError)
     if name == "resnet":
         return resnet(norms, depth=depth, width=width, shortcut=shortcut, num_classes=num_classes)
     if name == "vgg-a":
         return vgg_a(norms, width=width, num_classes=num_classes)
-    if name == "googlenet":
-        return googlenet(norms, width=width, num_classes=num_classes, blocks=blocks)
-    raise ModelError(f"--model {name!r}: choose one of {', '.join(MODELS)}")
+    return googlenet(norms, width=width, num_classes=num_classes, blocks=blocks)

@@ -19,11 +19,9 @@ have no scale ("NS" in the CWN code).
 `--init`: `he` starts every convolution He-normal over fan-out (the "MSR
 init" of both papers' plain networks) and Dense layers at Keras's defaults;
 `torch` starts convolutions and Dense layers (kernels and biases) as PyTorch's
-`nn.Conv2d` / `nn.Linear` do, uniform in +-1/sqrt(fan_in). The Norm matters
-weight-normalized ResNet starts from the latter: its `init_model` writes He
-values into each wrapped convolution's `weight`, but the weight-norm hook
-recomputes `weight` from `g` and `v` before every forward pass, and `g`, `v`
-(hence BWN's fixed norm) were taken from the default initialization.
+`nn.Conv2d` / `nn.Linear` do, uniform in +-1/sqrt(fan_in), which is where the
+Norm matters weight-normalized ResNet effectively starts (docs/reproducing.md,
+"The start of the weight-normed ResNet-56", says why).
 """
 
 from __future__ import annotations
@@ -31,26 +29,31 @@ from __future__ import annotations
 import inspect
 import math
 
+from cifar10 import checks
+
 WEIGHT_NORMS = ("none", "wn", "cwn", "bwn")
 BATCH_NORMS = ("none", "l2", "l1", "linf", "topk", "mean", "keras")
 WEIGHT_DECAY_SCOPES = ("all", "kernels", "classifier", "none")
 INITS = ("he", "torch")
+WN_SCALES = ("auto", "yes", "no")
+# Norms' keyword arguments, each named as train.py's setting that sets it.
+SETTINGS = (
+    "wn_scale",
+    "bn_momentum",
+    "bn_epsilon",
+    "sync_bn",
+    "top_k",
+    "weight_decay",
+    "weight_decay_scope",
+    "wrap_classifier",
+    "zero_init_residual",
+    "bwn_per_unit_gain",
+    "init",
+)
 
 
 class NormError(ValueError):
     """A normalization choice this tfnorms or this model cannot provide."""
-
-
-def _tfnorms_class(name):
-    import tfnorms
-
-    cls = getattr(tfnorms, name, None)
-    if cls is None:
-        raise NormError(
-            f"tfnorms.{name} is not available in the installed tfnorms "
-            f"({getattr(tfnorms, '__version__', '?')}); choose another normalization"
-        )
-    return cls
 
 
 def _accepted(cls, kwargs):
@@ -86,25 +89,23 @@ class Norms:
         bwn_per_unit_gain=False,
         init="he",
     ):
-        if weight_norm not in WEIGHT_NORMS:
-            raise NormError(
-                f"--weight-norm {weight_norm!r}: choose one of {', '.join(WEIGHT_NORMS)}"
-            )
-        if batch_norm not in BATCH_NORMS:
-            raise NormError(f"--batch-norm {batch_norm!r}: choose one of {', '.join(BATCH_NORMS)}")
-        if weight_decay_scope not in WEIGHT_DECAY_SCOPES:
-            raise NormError(
-                f"--weight-decay-scope {weight_decay_scope!r}: choose one of "
-                f"{', '.join(WEIGHT_DECAY_SCOPES)}"
-            )
-        if wn_scale not in ("auto", "yes", "no"):
-            raise NormError(f"--wn-scale {wn_scale!r}: choose auto, yes or no")
-        if not (weight_decay >= 0 and math.isfinite(weight_decay)):
-            raise NormError(f"--weight-decay {weight_decay}: must be a finite number >= 0")
-        if init not in INITS:
-            raise NormError(f"--init {init!r}: choose one of {', '.join(INITS)}")
-        if top_k < 1:
-            raise NormError(f"--top-k {top_k}: must be >= 1")
+        for key, value, choices in (
+            ("weight_norm", weight_norm, WEIGHT_NORMS),
+            ("batch_norm", batch_norm, BATCH_NORMS),
+            ("weight_decay_scope", weight_decay_scope, WEIGHT_DECAY_SCOPES),
+            ("wn_scale", wn_scale, WN_SCALES),
+            ("init", init, INITS),
+        ):
+            checks.check_choice(key, value, choices, NormError)
+        checks.check_ranges(
+            {
+                "bn_momentum": bn_momentum,
+                "bn_epsilon": bn_epsilon,
+                "top_k": top_k,
+                "weight_decay": weight_decay,
+            },
+            NormError,
+        )
         self.weight_norm = weight_norm
         self.batch_norm = batch_norm
         self.bn_momentum = bn_momentum
@@ -121,9 +122,11 @@ class Norms:
             self.wn_scale = batch_norm in ("none", "mean")
         else:
             self.wn_scale = wn_scale == "yes"
-        # Fail now, not in the middle of model building.
-        self._bn_class()
-        self._wn_class()
+
+    @classmethod
+    def from_settings(cls, config):
+        """The Norms of train.py's resolved settings."""
+        return cls(config["weight_norm"], config["batch_norm"], **{k: config[k] for k in SETTINGS})
 
     # ------------------------------------------------------------ helpers
     @property
@@ -169,31 +172,29 @@ class Norms:
         return "zeros"
 
     def _wn_class(self):
-        if self.weight_norm == "none":
-            return None
-        return _tfnorms_class(
-            {"wn": "WeightNormalization", "cwn": "CenteredWeightNorm", "bwn": "BoundedWeightNorm"}[
-                self.weight_norm
-            ]
-        )
+        import tfnorms
+
+        return {
+            "none": None,
+            "wn": tfnorms.WeightNormalization,
+            "cwn": tfnorms.CenteredWeightNorm,
+            "bwn": tfnorms.BoundedWeightNorm,
+        }[self.weight_norm]
 
     def _bn_class(self):
         import keras
 
-        name = self.batch_norm
-        if name == "none":
-            return None, {}
-        if name == "keras":
-            return keras.layers.BatchNormalization, {}
-        if name == "l2":
-            return _tfnorms_class("LpBatchNormalization"), {"p": 2}
-        if name == "l1":
-            return _tfnorms_class("L1BatchNormalization"), {}
-        if name == "linf":
-            return _tfnorms_class("LinfBatchNormalization"), {}
-        if name == "topk":
-            return _tfnorms_class("LinfBatchNormalization"), {"top_k": self.top_k}
-        return _tfnorms_class("MeanOnlyBatchNormalization"), {}
+        import tfnorms
+
+        return {
+            "none": (None, {}),
+            "keras": (keras.layers.BatchNormalization, {}),
+            "l2": (tfnorms.LpBatchNormalization, {"p": 2}),
+            "l1": (tfnorms.L1BatchNormalization, {}),
+            "linf": (tfnorms.LinfBatchNormalization, {}),
+            "topk": (tfnorms.LinfBatchNormalization, {"top_k": self.top_k}),
+            "mean": (tfnorms.MeanOnlyBatchNormalization, {}),
+        }[self.batch_norm]
 
     def _wrap(self, layer, wrap, kind):
         cls = self._wn_class()
@@ -304,7 +305,7 @@ class Norms:
 
     def validate(self):
         """Construct (not build) one layer of each kind, so that an argument
-        this tfnorms refuses fails before a run writes anything."""
+        a layer refuses fails before a run writes anything."""
         self.conv(1, 3, name="check_conv")
         self.dense(1, name="check_dense")
         self.classifier(1, name="check_classifier")

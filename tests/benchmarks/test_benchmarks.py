@@ -128,8 +128,7 @@ def test_bad_arguments_are_refused(tmp_path):
 
 
 def test_the_default_notes_are_optional(tmp_path, monkeypatch):
-    """A checkout without benchmarks/performance_notes.md still reports (a fresh
-    `make bench` failed on that once)."""
+    """A checkout without benchmarks/performance_notes.md still reports."""
     monkeypatch.setattr(bench, "NOTES", str(tmp_path / "absent.md"))
     saved = tmp_path / "run.json"
     saved.write_text(json.dumps({"meta": META, "results": RESULTS}))

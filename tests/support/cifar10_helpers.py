@@ -1,5 +1,6 @@
-"""Helpers for tests/test_cifar10_example.py: a miniature CIFAR-10 archive in
-the real python-version format, and the example's modules on sys.path."""
+"""Helpers for tests/examples/test_cifar10_example.py: a miniature CIFAR-10
+archive in the real python-version format, and the example's modules on
+sys.path."""
 
 from __future__ import annotations
 

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""Training images per second of one network with each normalization, on
-this machine, measured fairly: every candidate is built and warmed up in one
-process, then timed in alternating rounds (so changes in machine load hit
-all of them alike), and the median round is reported.
+"""Training images per second of one CIFAR-10 network of examples/cifar10
+with each normalization, on this machine, timed with the benchmarks' harness
+(timing.py): every candidate in one process, alternating rounds, the median
+round.
 
-    python examples/cifar10/throughput.py --model resnet --depth 56 --batch-size 128
+    python benchmarks/throughput.py --model resnet --depth 56 --batch-size 128
 
 Synthetic inputs (the data pipeline is not timed); one device; the same
-compiled training step that `train.py` runs with Keras `fit`.
+compiled training step that examples/cifar10/train.py runs with Keras `fit`.
 """
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
-import time
 
-_EXAMPLES = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _EXAMPLES not in sys.path:
-    sys.path.insert(0, _EXAMPLES)
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(os.path.dirname(HERE), "examples"))
+
+from timing import alternate, medians  # noqa: E402
 
 # (label, --weight-norm, --batch-norm): the papers' pairings.
 CANDIDATES = (
@@ -35,6 +34,8 @@ CANDIDATES = (
     ("BWN + mean-only BN", "bwn", "mean"),
     ("no normalization", "none", "none"),
 )
+# Untimed steps of each candidate: the first traces, the next settles.
+WARMUP = 2
 
 
 def parse_args(argv=None):
@@ -51,20 +52,16 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
+def build_candidates(args, images, labels):
+    """{label: one training step of that candidate's compiled model}."""
     import keras
-    import numpy as np
-
     from cifar10 import models
     from cifar10.norms import Norms
 
-    candidates = [c for c in CANDIDATES if not args.only or c[0] in args.only or c[2] in args.only]
-    rng = np.random.default_rng(0)
-    images = rng.normal(size=(args.batch_size, 32, 32, 3)).astype("float32")
-    labels = rng.integers(0, 10, size=(args.batch_size,))
-    built = []
-    for label, weight_norm, batch_norm in candidates:
+    steps = {}
+    for label, weight_norm, batch_norm in CANDIDATES:
+        if args.only and label not in args.only and batch_norm not in args.only:
+            continue
         model = models.build(
             args.model,
             Norms(weight_norm, batch_norm, weight_decay=1e-4),
@@ -76,17 +73,21 @@ def main(argv=None):
             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
             jit_compile="auto" if args.jit is None else args.jit,
         )
-        for _ in range(2):  # trace, then one more to settle
-            model.train_on_batch(images, labels)
-        built.append((label, model))
+        steps[label] = lambda model=model: model.train_on_batch(images, labels)
         print(f"built {label}", file=sys.stderr, flush=True)
-    seconds = {label: [] for label, _ in built}
-    for _ in range(args.rounds):
-        for label, model in built:
-            start = time.perf_counter()
-            for _ in range(args.steps):
-                model.train_on_batch(images, labels)
-            seconds[label].append((time.perf_counter() - start) / args.steps)
+    return steps
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import keras
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(args.batch_size, 32, 32, 3)).astype("float32")
+    labels = rng.integers(0, 10, size=(args.batch_size,))
+    steps = build_candidates(args, images, labels)
+    seconds = medians(alternate(steps, args.rounds, warmup=WARMUP, calls=args.steps))
     results = {
         "model": args.model if args.model != "resnet" else f"resnet{args.depth}",
         "width": args.width,
@@ -94,13 +95,11 @@ def main(argv=None):
         "backend": keras.backend.backend(),
         "steps_per_round": args.steps,
         "rounds": args.rounds,
-        "images_per_second": {
-            label: args.batch_size / statistics.median(values) for label, values in seconds.items()
-        },
+        "images_per_second": {label: args.batch_size / s for label, s in seconds.items()},
     }
-    base = next(iter(results["images_per_second"].values()))
+    base_label, base = next(iter(results["images_per_second"].items()))
     for label, speed in results["images_per_second"].items():
-        print(f"{label:26s} {speed:8.1f} images/s  ({speed / base:.2f}x {built[0][0]})")
+        print(f"{label:26s} {speed:8.1f} images/s  ({speed / base:.2f}x {base_label})")
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:
             json.dump(results, handle, indent=2)

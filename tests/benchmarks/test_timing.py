@@ -1,0 +1,69 @@
+"""The benchmarks' shared pieces: the alternating timing harness (timing.py),
+bench.py's ResNet-20 (the example's definition, with the candidates' layers)
+and throughput.py on a tiny ResNet."""
+
+import os
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+
+import bench  # noqa: E402
+import timing  # noqa: E402
+
+import tfnorms  # noqa: E402
+
+
+def test_alternate_warms_up_then_reverses_the_order_every_other_round():
+    calls = []
+    runners = {name: (lambda name=name: calls.append(name)) for name in "abc"}
+    times = timing.alternate(runners, 3, warmup=1, calls=2)
+    assert calls[:3] == ["a", "b", "c"]  # the warm-up
+    timed = calls[3:]
+    assert timed == ["a", "a", "b", "b", "c", "c"] + ["c", "c", "b", "b", "a", "a"] + [
+        "a", "a", "b", "b", "c", "c"
+    ]  # fmt: skip
+    assert {name: len(values) for name, values in times.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(v >= 0 for values in times.values() for v in values)
+    assert timing.medians({"a": [3.0, 1.0, 2.0]}) == {"a": 2.0}
+
+
+def _layer_kinds(model):
+    return sorted(type(layer).__name__ for layer in model.layers)
+
+
+@pytest.mark.parametrize("candidate", ["batch norm", "weight norm"])
+def test_bench_resnet20_is_the_papers_network_and_strips(candidate):
+    if candidate == "batch norm":
+        model = bench.resnet20(norm=lambda: tfnorms.LpBatchNormalization(p=1))
+        assert _layer_kinds(model).count("LpBatchNormalization") == 19
+    else:
+        model = bench.resnet20(wrap=tfnorms.CenteredWeightNorm)
+        assert _layer_kinds(model).count("CenteredWeightNorm") == 20  # 19 convs, classifier
+    inner = [getattr(layer, "layer", layer) for layer in model.layers]
+    convs = [layer for layer in inner if isinstance(layer, keras.layers.Conv2D)]
+    assert len(convs) == 19 and not any(conv.use_bias for conv in convs)
+    assert model.output.shape == (None, 10)
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    stripped = tfnorms.strip(model)
+    np.testing.assert_allclose(
+        stripped.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-4, atol=1e-4
+    )
+    assert _layer_kinds(stripped).count("ZeroPadding3D") == 2  # option A, built-in layers
+
+
+@pytest.mark.slow  # trains small ResNets; the TensorFlow pass runs it
+def test_throughput_times_each_candidate(capsys):
+    import throughput
+
+    results = throughput.main(
+        ["--depth", "8", "--width", "0.25", "--batch-size", "16", "--steps", "1",
+         "--rounds", "2", "--only", "keras", "l1"]
+    )  # fmt: skip
+    assert set(results["images_per_second"]) == {"keras BatchNormalization", "L1 BN"}
+    assert all(v > 0 for v in results["images_per_second"].values())
+    assert "L1 BN" in capsys.readouterr().out
