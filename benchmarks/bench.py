@@ -7,8 +7,17 @@ alternating the candidates (so drifts in machine load hit all of them alike)
 and reports the median per candidate as a ratio to the Keras baseline:
 `BatchNormalization` for the batch-norm candidates, the plain model for the
 weight-norm candidates. Peak memory of a training step comes from XLA's
-memory analysis of the compiled step on the JAX backend (TensorFlow has no
-allocator statistics on the CPU).
+memory analysis of the compiled step on the JAX backend; TensorFlow's CPU
+allocator keeps no statistics unless asked, which only the synchronized rows
+do (below).
+
+The synchronized rows time a small CNN on two replicas, each batch norm with
+`synchronized=True`, against Keras's `BatchNormalization`: TensorFlow's
+`MirroredStrategy` over two logical CPUs, JAX's `keras.distribution.DataParallel`
+over two host devices (docs/distributed.md). Their TensorFlow memory is the
+CPU allocator's peak during one step (`timing.tf_cpu_step_bytes`); they time
+training only, since inference reads the moving statistics, which nothing
+synchronizes.
 
 Run `python benchmarks/bench.py --help`; `make bench` runs the default matrix
 and writes docs/performance.md.
@@ -24,30 +33,55 @@ import platform
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "examples"))  # the ResNet of examples/cifar10
 
-from timing import alternate, jax_runners, keras_runners, medians  # noqa: E402
+from timing import (  # noqa: E402
+    alternate,
+    jax_runners,
+    keras_runners,
+    medians,
+    tf_cpu_step_bytes,
+)
 
-# (backend, model, jit, policy) rows of the default matrix: each axis (both
-# models, jit off and on, float32 and mixed_float16, both backends) at least
-# once, leaving out the costliest rows (ResNet-20 under XLA), so that
-# `make bench` stays near 10 minutes on 2 CPU cores. `--extended` adds those;
-# `--full` runs every combination.
-DEFAULT_MATRIX = [
-    ("tensorflow", "mlp", False, "float32"),
-    ("tensorflow", "mlp", True, "float32"),
-    ("tensorflow", "mlp", False, "mixed_float16"),
-    ("tensorflow", "resnet20", False, "float32"),
-    ("jax", "mlp", True, "float32"),
+
+class Config(NamedTuple):
+    """One configuration: a worker process builds and times its candidates."""
+
+    backend: str
+    model: str
+    jit: bool
+    policy: str
+    replicas: int = 1  # > 1: the synchronized batch norms over that many devices
+
+
+# The synchronized rows (docs/distributed.md): TensorFlow without jit, since
+# Keras's `fit` fails with `jit_compile=True` under `MirroredStrategy`; on JAX
+# the step is always compiled.
+SYNC_MATRIX = [
+    Config("tensorflow", "cnn", False, "float32", 2),
+    Config("jax", "cnn", True, "float32", 2),
 ]
-EXTENDED_MATRIX = DEFAULT_MATRIX[:4] + [
-    ("tensorflow", "resnet20", True, "float32"),
-    ("jax", "mlp", True, "float32"),
-    ("jax", "mlp", True, "mixed_float16"),
-    ("jax", "resnet20", True, "float32"),
+# The default matrix: each axis (both models, jit off and on, float32 and
+# mixed_float16, both backends, one and two replicas) at least once, leaving
+# out the costliest rows (ResNet-20 under XLA), so that `make bench` stays
+# near 10 minutes on 2 CPU cores. `--extended` adds those; `--full` runs
+# every combination.
+DEFAULT_MATRIX = [
+    Config("tensorflow", "mlp", False, "float32"),
+    Config("tensorflow", "mlp", True, "float32"),
+    Config("tensorflow", "mlp", False, "mixed_float16"),
+    Config("tensorflow", "resnet20", False, "float32"),
+    Config("jax", "mlp", True, "float32"),
+    *SYNC_MATRIX,
+]
+EXTENDED_MATRIX = DEFAULT_MATRIX + [
+    Config("tensorflow", "resnet20", True, "float32"),
+    Config("jax", "mlp", True, "mixed_float16"),
+    Config("jax", "resnet20", True, "float32"),
 ]
 
 
@@ -63,6 +97,24 @@ def batch_norm_factories():
         "LpBN p=1": lambda: tfnorms.LpBatchNormalization(p=1),
         "LpBN p=inf": lambda: tfnorms.LpBatchNormalization(p="inf"),
         "LpBN top-10": lambda: tfnorms.LpBatchNormalization(p="inf", top_k=10),
+    }
+
+
+def synchronized_factories():
+    """The synchronized batch norms. Keras's layer refuses `synchronized=True`
+    off TensorFlow; on JAX the sharded step reduces globally without it."""
+    import keras
+
+    import tfnorms
+
+    sync = keras.backend.backend() == "tensorflow"
+    return {
+        "keras BatchNormalization": lambda: keras.layers.BatchNormalization(synchronized=sync),
+        "LpBN p=2": lambda: tfnorms.LpBatchNormalization(p=2, synchronized=True),
+        "LpBN p=1": lambda: tfnorms.LpBatchNormalization(p=1, synchronized=True),
+        "LinfBN": lambda: tfnorms.LinfBatchNormalization(synchronized=True),
+        "LinfBN top-10": lambda: tfnorms.LinfBatchNormalization(top_k=10, synchronized=True),
+        "MeanOnlyBN": lambda: tfnorms.MeanOnlyBatchNormalization(synchronized=True),
     }
 
 
@@ -131,14 +183,42 @@ def mlp(wrap=lambda layer: layer, norm=None, width=512, depth=6, input_dim=784):
     return keras.Model(inputs, outputs)
 
 
-MODELS = {"resnet20": (resnet20, (32, 32, 3), 128), "mlp": (mlp, (784,), 1024)}
+def cnn(wrap=lambda layer: layer, norm=None, filters=(16, 32, 64)):
+    """The synchronized rows' model: three bias-free 3x3 convolutions (the
+    last two with stride 2), each followed by `norm()` and a ReLU, global
+    average pooling and a classifier."""
+    import keras
+    from keras import layers
+
+    inputs = keras.Input((16, 16, 3))
+    x = inputs
+    for index, width in enumerate(filters):
+        strides = 1 if index == 0 else 2
+        x = wrap(layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False))(x)
+        if norm:
+            x = norm()(x)
+        x = layers.ReLU()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, wrap(layers.Dense(10))(x))
 
 
-def candidates(model_name):
+# name: (model of `wrap` and `norm`, input shape, global batch)
+MODELS = {
+    "resnet20": (resnet20, (32, 32, 3), 128),
+    "mlp": (mlp, (784,), 1024),
+    "cnn": (cnn, (16, 16, 3), 64),
+}
+SYNC_GROUP = "synchronized batch norm"
+
+
+def candidates(model_name, replicas=1):
     """{group: {name: model factory}}; the first name of a group is its baseline."""
     import tfnorms
 
     build = MODELS[model_name][0]
+    if replicas > 1:
+        factories = synchronized_factories()
+        return {SYNC_GROUP: {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}}
     norms = batch_norm_factories()
     wrappers = weight_norm_factories()
     groups = {
@@ -163,9 +243,10 @@ def compile_model(model, jit):
     return model
 
 
-def time_group(factories, x, y, jit, steps, warmup):
-    """Per candidate: median seconds of a training step and of inference,
-    each timed in alternation with the other candidates, and step bytes."""
+def time_group(factories, x, y, jit, steps, warmup, infer=True, tf_memory=False):
+    """Per candidate: median seconds of a training step and (with `infer`)
+    of inference, each timed in alternation with the other candidates, and
+    step bytes (on TensorFlow only with `tf_memory`, read after the timing)."""
     import keras
 
     make_runners = jax_runners if keras.backend.backend() == "jax" else keras_runners
@@ -175,14 +256,40 @@ def time_group(factories, x, y, jit, steps, warmup):
         for name, factory in factories.items()
     }
     results = {name: {"step_bytes": r[2]} for name, r in runners.items()}
-    for kind, index in (("train_s", 0), ("infer_s", 1)):
+    for kind, index in [("train_s", 0)] + ([("infer_s", 1)] if infer else []):
         timed = {name: r[index] for name, r in runners.items() if r[index] is not None}
         for name, seconds in medians(alternate(timed, steps, warmup=warmup)).items():
             results[name][kind] = seconds
+    if tf_memory and keras.backend.backend() == "tensorflow":
+        for name, r in runners.items():
+            results[name]["step_bytes"] = tf_cpu_step_bytes(r[0]) if r[0] else None
     return results
 
 
-def run_configuration(model_name, jit, policy, steps, warmup):
+def replica_scope(replicas):
+    """Where the candidates of a configuration are built and run: one device,
+    or data parallel over `replicas` devices (the worker made them)."""
+    import contextlib
+
+    import keras
+
+    if replicas == 1:
+        return contextlib.nullcontext()
+    if keras.backend.backend() == "jax":
+        import jax
+
+        devices = jax.devices()[:replicas]
+        assert len(devices) == replicas, f"JAX sees {len(devices)} devices, not {replicas}"
+        return keras.distribution.DataParallel(devices=devices).scope()
+    import tensorflow as tf
+
+    cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
+    assert len(cpus) == replicas, f"TensorFlow sees {len(cpus)} CPUs, not {replicas}"
+    return tf.distribute.MirroredStrategy(devices=cpus).scope()
+
+
+def run_configuration(model_name, jit, policy, steps, warmup, replicas=1):
+    """The rows of one configuration, each with its ratios to its group's baseline."""
     import keras
     import numpy as np
 
@@ -192,47 +299,58 @@ def run_configuration(model_name, jit, policy, steps, warmup):
     x = rng.normal(size=(batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=(batch,)).astype("int32")
     rows = []
-    for group, factories in candidates(model_name).items():
-        measured = time_group(factories, x, y, jit, steps, warmup)
-        baseline = next(iter(factories))
-        for name in factories:
-            rows.append(
-                {
-                    "group": group,
-                    "candidate": name,
-                    "baseline": baseline,
-                    "train_s": measured[name].get("train_s"),
-                    "infer_s": measured[name].get("infer_s"),
-                    "step_bytes": None if "(inference)" in name else measured[name]["step_bytes"],
-                }
+    with replica_scope(replicas):
+        for group, factories in candidates(model_name, replicas).items():
+            measured = time_group(
+                factories, x, y, jit, steps, warmup, infer=replicas == 1, tf_memory=replicas > 1
             )
-        base_memory = next(r["step_bytes"] for r in rows if r["candidate"] == baseline)
-        for row in rows:
-            if row["group"] != group:
-                continue
-            for key, ref in (
-                ("train", measured[baseline].get("train_s")),
-                ("infer", measured[baseline].get("infer_s")),
-            ):
-                value = row[f"{key}_s"]
-                row[f"{key}_ratio"] = value / ref if value and ref else None
-            row["memory_ratio"] = (
-                row["step_bytes"] / base_memory if row["step_bytes"] and base_memory else None
-            )
+            rows += group_rows(group, measured)
+    return rows
+
+
+def group_rows(group, measured):
+    """Report rows of one group (its first candidate the baseline) with ratios."""
+    baseline = next(iter(measured))
+    rows = []
+    for name, values in measured.items():
+        row = {
+            "group": group,
+            "candidate": name,
+            "baseline": baseline,
+            "train_s": values.get("train_s"),
+            "infer_s": values.get("infer_s"),
+            "step_bytes": None if "(inference)" in name else values["step_bytes"],
+        }
+        for key in ("train_s", "infer_s", "step_bytes"):
+            value, ref = row[key], measured[baseline].get(key)
+            ratio_key = "memory_ratio" if key == "step_bytes" else key[:-2] + "_ratio"
+            row[ratio_key] = value / ref if value and ref else None
+        rows.append(row)
     return rows
 
 
 # ---------------------------------------------------------------- report
 WEIGHT_NORM_WRAPPERS = ["CenteredWeightNorm", "WeightNormalization", "BoundedWeightNorm"]
-# (label, candidates, measure, limit) of the performance targets, checked per
-# configuration (docs/performance.md, "Targets").
+BN, WN, SYNC = ["batch norm"], ["weight norm"], [SYNC_GROUP]
+# (label, groups, candidates, measure, limit) of the performance targets,
+# checked per configuration (docs/performance.md, "Targets"); candidates None:
+# every row of those groups. The synchronized rows have their own limits.
 TARGETS = [
-    ("LpBN p=2 training step", ["LpBN p=2"], "train_ratio", 1.03),
-    ("LpBN p=1 and p=inf training step", ["LpBN p=1", "LpBN p=inf"], "train_ratio", 1.08),
-    ("LpBN top-10 training step", ["LpBN top-10"], "train_ratio", 1.25),
-    ("CWN, WN, BWN training step", WEIGHT_NORM_WRAPPERS, "train_ratio", 1.03),
-    ("stripped model inference", ["CWN stripped (inference)"], "infer_ratio", 1.01),
-    ("training-step memory (JAX)", None, "memory_ratio", 1.10),
+    ("LpBN p=2 training step", BN, ["LpBN p=2"], "train_ratio", 1.03),
+    ("LpBN p=1 and p=inf training step", BN, ["LpBN p=1", "LpBN p=inf"], "train_ratio", 1.08),
+    ("LpBN top-10 training step", BN, ["LpBN top-10"], "train_ratio", 1.25),
+    ("CWN, WN, BWN training step", WN, WEIGHT_NORM_WRAPPERS, "train_ratio", 1.03),
+    ("stripped model inference", WN, ["CWN stripped (inference)"], "infer_ratio", 1.01),
+    ("training-step memory (JAX)", BN + WN, None, "memory_ratio", 1.10),
+    ("synchronized LpBN p=2 training step", SYNC, ["LpBN p=2"], "train_ratio", 1.00),
+    (
+        "synchronized LpBN p=1, L-inf and mean-only training step",
+        SYNC,
+        ["LpBN p=1", "LinfBN", "MeanOnlyBN"],
+        "train_ratio",
+        1.05,
+    ),
+    ("synchronized L-inf top-10 training step", SYNC, ["LinfBN top-10"], "train_ratio", 1.15),
 ]
 NOTES = os.path.join(HERE, "performance_notes.md")
 
@@ -249,21 +367,8 @@ def target_summary(results):
         "| target | limit | worst ratio per configuration | met |",
         "|---|---|---|---|",
     ]
-    for label, names, key, limit in TARGETS:
-        worst = []
-        for config in results:
-            values = [
-                (row[key], row["candidate"])
-                for row in config["rows"]
-                if row.get(key) and (names is None or row["candidate"] in names)
-            ]
-            if values:
-                ratio, name = max(values)
-                tag = " ".join(
-                    [config["model"], config["backend"], f"jit={config['jit']}", config["policy"]]
-                    + ([] if len(values) == 1 else [name])
-                )
-                worst.append((ratio, f"{ratio:.3f} ({tag})"))
+    for label, groups, names, key, limit in TARGETS:
+        worst = [w for config in results if (w := worst_ratio(config, groups, names, key))]
         if not worst:
             continue
         met = sum(ratio <= limit for ratio, _ in worst)
@@ -287,7 +392,36 @@ def target_summary(results):
     return lines
 
 
+def worst_ratio(config, groups, names, key):
+    """`(ratio, cell text)` of the worst row of `config` a target covers, or None."""
+    values = [
+        (row[key], row["candidate"])
+        for row in config["rows"]
+        if row.get(key) and row["group"] in groups and (names is None or row["candidate"] in names)
+    ]
+    if not values:
+        return None
+    ratio, name = max(values)
+    tag = [config["model"], config["backend"], f"jit={config['jit']}", config["policy"]]
+    if config.get("replicas", 1) > 1:
+        tag.append(f"{config['replicas']} replicas")
+    if len(values) > 1:
+        tag.append(name)
+    return ratio, f"{ratio:.3f} ({' '.join(tag)})"
+
+
+SYNC_HEADER = (
+    "Synchronized rows: every batch norm with `synchronized=True` over the replicas, "
+    "against Keras's `BatchNormalization` (on JAX Keras refuses `synchronized=True`, and the "
+    "step over the sharded batch reduces over the global batch for every candidate); "
+    "training steps only (inference reads the moving statistics, nothing synchronized); "
+    "their TensorFlow memory is the peak of the CPU allocator during one training step "
+    "above what was live before it."
+)
+
+
 def format_report(results, meta, notes=None):
+    synchronized = any(config.get("replicas", 1) > 1 for config in results)
     lines = [
         "# Performance",
         "",
@@ -299,13 +433,12 @@ def format_report(results, meta, notes=None):
         f"steps after {meta['warmup']} warm-up steps, candidates alternated in one process. "
         "Ratios are against the first row of each group (Keras `BatchNormalization`, or "
         "the plain model); memory is XLA's planned bytes for one compiled training step "
-        "(JAX rows only).",
+        + ("(JAX rows only)." if not synchronized else f"on JAX. {SYNC_HEADER}"),
         "",
     ]
     for config in results:
         lines += [
-            f"## {config['model']}, {config['backend']}, jit_compile={config['jit']}, "
-            f"{config['policy']}",
+            f"## {describe(config)}",
             "",
             "| group | candidate | train step (ms) | train ratio | inference (ms) | "
             "inference ratio | step memory ratio |",
@@ -334,18 +467,52 @@ def format_report(results, meta, notes=None):
 
 
 def worker(args):
+    """Run `args.worker`'s configurations (one backend, one replica count)
+    and print their results as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    configs = [Config(*c) for c in json.loads(args.worker)]
+    replicas = configs[0].replicas
+    if os.environ.get("KERAS_BACKEND") == "tensorflow" and replicas > 1:
+        import tensorflow as tf
+
+        # Logical CPUs for MirroredStrategy, before TensorFlow initializes its devices.
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * replicas
+        )
     import keras
 
     results = []
-    for backend, model_name, jit, policy in json.loads(args.worker):
-        assert backend == keras.backend.backend(), (backend, keras.backend.backend())
-        print(f"[{backend}] {model_name} jit={jit} {policy} ...", file=sys.stderr, flush=True)
-        rows = run_configuration(model_name, jit, policy, args.steps, args.warmup)
-        results.append(
-            {"backend": backend, "model": model_name, "jit": jit, "policy": policy, "rows": rows}
+    for config in configs:
+        assert config.backend == keras.backend.backend(), (config, keras.backend.backend())
+        print(f"[{describe(config._asdict())}] ...", file=sys.stderr, flush=True)
+        rows = run_configuration(
+            config.model, config.jit, config.policy, args.steps, args.warmup, config.replicas
         )
+        result = {key: getattr(config, key) for key in ("backend", "model", "jit", "policy")}
+        if config.replicas > 1:
+            result["replicas"] = config.replicas
+            result["distribution"] = DISTRIBUTIONS[config.backend]
+        results.append({**result, "rows": rows})
     json.dump(results, sys.stdout)
+
+
+DISTRIBUTIONS = {
+    "tensorflow": "MirroredStrategy over logical CPUs",
+    "jax": "DataParallel over host devices",
+}
+
+
+def describe(config):
+    """A configuration (a result's dict) in words: its section heading."""
+    text = (
+        f"{config['model']}, {config['backend']}, jit_compile={config['jit']}, {config['policy']}"
+    )
+    replicas = config.get("replicas", 1)  # older results have no synchronized rows
+    if replicas > 1:
+        where = config.get("distribution") or DISTRIBUTIONS[config["backend"]]
+        text += f", synchronized on {replicas} replicas ({where})"
+    return text
 
 
 def build_parser():
@@ -360,10 +527,17 @@ def build_parser():
     breadth.add_argument(
         "--extended",
         action="store_true",
-        help="the default rows plus ResNet-20 with jit and JAX mixed precision (~22 min)",
+        help="the default rows plus ResNet-20 with jit and JAX mixed precision (~23 min)",
     )
     breadth.add_argument(
-        "--full", action="store_true", help="every backend x model x jit x policy combination"
+        "--full",
+        action="store_true",
+        help="every backend x model x jit x policy combination, and the synchronized rows",
+    )
+    breadth.add_argument(
+        "--sync",
+        action="store_true",
+        help="only the synchronized rows (a CNN on 2 replicas, both backends)",
     )
     parser.add_argument(
         "--output",
@@ -421,40 +595,47 @@ def main(argv=None):
 
 
 def chosen_matrix(args):
-    if args.full:
+    if args.sync:
+        matrix = SYNC_MATRIX
+    elif args.full:
         matrix = [
-            (b, m, j, p)
+            Config(b, m, j, p)
             for b in ("tensorflow", "jax")
-            for m in MODELS
+            for m in ("resnet20", "mlp")
             for j in (False, True)
             for p in ("float32", "mixed_float16")
             if not (b == "jax" and not j)
-        ]
+        ] + SYNC_MATRIX
     else:
         matrix = EXTENDED_MATRIX if args.extended else DEFAULT_MATRIX
-    return [c for c in matrix if c[0] in args.backends and c[1] in args.models]
+    return [c for c in matrix if c.backend in args.backends and c.model in args.models]
 
 
 def measure(matrix, args):
     """Each backend's configurations in a worker process of its own (the
-    backend is chosen when Keras is imported)."""
+    backend is chosen when Keras is imported), and the synchronized ones in
+    another: their devices are fixed before the backend starts."""
     results = []
     for backend in args.backends:
-        configs = [c for c in matrix if c[0] == backend]
-        if not configs:
-            continue
-        env = dict(
-            os.environ,
-            KERAS_BACKEND=backend,
-            PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
-        )
-        command = [sys.executable, __file__, "--worker", json.dumps(configs)]
-        command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
-        output = subprocess.run(
-            command, env=env, check=True, stdout=subprocess.PIPE, text=True
-        ).stdout
-        results += json.loads(output)
+        for replicas in sorted({c.replicas for c in matrix if c.backend == backend}):
+            configs = [c for c in matrix if c.backend == backend and c.replicas == replicas]
+            results += json.loads(run_worker(backend, replicas, configs, args))
     return results
+
+
+def run_worker(backend, replicas, configs, args):
+    env = dict(
+        os.environ,
+        KERAS_BACKEND=backend,
+        PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    )
+    if backend == "jax" and replicas > 1:
+        # Host devices for DataParallel: read once, when JAX starts.
+        flag = f"--xla_force_host_platform_device_count={replicas}"
+        env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flag).strip()
+    command = [sys.executable, __file__, "--worker", json.dumps(configs)]
+    command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    return subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
 def _versions():

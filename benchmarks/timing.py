@@ -42,9 +42,46 @@ def medians(times):
 def keras_runners(model, x, y, train=True):
     """`(train, infer, None)` through `train_on_batch`/`predict_on_batch`
     (TensorFlow: a `tf.function`, XLA-compiled with `jit_compile=True`);
-    both return NumPy values, so they wait for the result."""
-    train_step = (lambda: model.train_on_batch(x, y)) if train else None
+    both return host values, so they wait for the result. A model of a
+    `tf.distribute` strategy with several replicas trains on the batch split
+    across them (`mirrored_train_step`)."""
+    train_step = None
+    if train and model.distribute_strategy.num_replicas_in_sync > 1:
+        train_step = mirrored_train_step(model, x, y)
+    elif train:
+        train_step = lambda: model.train_on_batch(x, y)  # noqa: E731
     return train_step, (lambda: model.predict_on_batch(x)), None
+
+
+def mirrored_train_step(model, x, y):
+    """`train_on_batch` with `x` and `y` split across the strategy's replicas
+    (placed once): Keras's own hands every replica the whole batch.
+
+    The first call, on one replica's share, builds the metrics and the
+    optimizer as `train_on_batch` does; then each step runs the compiled
+    train function on the per-replica values, as `fit` does.
+    """
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    share = len(x) // strategy.num_replicas_in_sync
+
+    def split(array):
+        def value(context):
+            start = context.replica_id_in_sync_group * share
+            return tf.constant(array[start : start + share])
+
+        return strategy.experimental_distribute_values_from_function(value)
+
+    model.train_on_batch(x[:share], y[:share])
+    batch = (split(x), split(y), None)
+
+    def train_step():
+        model.reset_metrics()
+        logs = model.train_function(iter([batch]))
+        return {name: float(value) for name, value in logs.items()}
+
+    return train_step
 
 
 def jax_runners(model, x, y, train=True):
@@ -58,7 +95,7 @@ def jax_runners(model, x, y, train=True):
     """
     import jax
 
-    x, y = jax.numpy.asarray(x), jax.numpy.asarray(y)
+    x, y = placed(x), placed(y)
     state = model_state(model)
 
     def forward(trainable, non_trainable, x):
@@ -78,6 +115,19 @@ def jax_runners(model, x, y, train=True):
         return jax.block_until_ready(loss)
 
     return train_step, infer, planned_bytes(compiled)
+
+
+def placed(array):
+    """`array` on the device: sharded along the batch under a Keras
+    distribution (`DataParallel`), so that the jitted step runs data parallel
+    and its batch statistics reduce over the global batch."""
+    import jax
+    import keras
+
+    distribution = keras.distribution.distribution()
+    if distribution is None:
+        return jax.numpy.asarray(array)
+    return keras.distribution.distribute_tensor(array, distribution.get_data_layout(array.shape))
 
 
 def model_state(model):
@@ -126,3 +176,43 @@ def planned_bytes(compiled):
         + analysis.argument_size_in_bytes
         + analysis.output_size_in_bytes
     )
+
+
+def tf_cpu_step_bytes(train_step, repeats=5):
+    """Peak bytes TensorFlow's CPU allocator holds during one `train_step()`
+    above what was live before it (all logical CPUs share that allocator);
+    the median of `repeats` steps, or None where TensorFlow keeps no
+    statistics.
+
+    The CPU allocator keeps none unless a profiler session has enabled them
+    (`get_memory_info` then reads zeros): one empty session turns them on
+    for the rest of the process. Counting costs every allocation a lock, so
+    read this after the timing. Memory allocated outside TensorFlow's
+    allocator (Python objects, libraries' own buffers) is not counted.
+    """
+    import statistics
+    import tempfile
+
+    import tensorflow as tf
+
+    if not _TF_PROFILED:
+        with tempfile.TemporaryDirectory() as logdir:
+            tf.profiler.experimental.start(logdir)
+            tf.profiler.experimental.stop(save=False)
+        _TF_PROFILED.append(True)
+    extra = []
+    try:
+        for _ in range(repeats):
+            tf.config.experimental.reset_memory_stats("CPU:0")
+            before = tf.config.experimental.get_memory_info("CPU:0")["current"]
+            train_step()
+            peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
+            if peak == 0:  # no statistics: a training step allocates
+                return None
+            extra.append(peak - before)
+    except ValueError:  # a TensorFlow without CPU statistics at all
+        return None
+    return int(statistics.median(extra))
+
+
+_TF_PROFILED = []  # the profiler session that turned the statistics on, once a process

@@ -67,3 +67,58 @@ def test_throughput_times_each_candidate(capsys):
     assert set(results["images_per_second"]) == {"keras BatchNormalization", "L1 BN"}
     assert all(v > 0 for v in results["images_per_second"].values())
     assert "L1 BN" in capsys.readouterr().out
+
+
+class _Count(keras.layers.Layer):
+    """Counts the examples each replica trains on (the replicas' mean)."""
+
+    def build(self, input_shape):
+        self.seen = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, aggregation="mean", name="seen"
+        )
+
+    def call(self, x, training=False):
+        if training:
+            self.seen.assign_add(keras.ops.cast(keras.ops.shape(x)[0], "float32"))
+        return x
+
+
+@pytest.mark.tensorflow_only  # tf.distribute, on the conftest's two logical CPUs
+def test_a_mirrored_training_step_splits_the_batch_across_the_replicas():
+    """Keras's `train_on_batch` hands each replica the whole batch; the
+    synchronized rows' step trains on the global batch once."""
+    import tensorflow as tf
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    with strategy.scope():
+        model = bench.compile_model(
+            keras.Sequential([keras.Input((3,)), _Count(), keras.layers.Dense(10)]), jit=False
+        )
+        x = np.random.default_rng(0).normal(size=(8, 3)).astype("float32")
+        train, _, _ = timing.keras_runners(model, x, np.zeros(8, "int32"))
+        counter = model.layers[0].seen
+        before = float(counter.numpy())
+        train()
+    assert before == 4  # the building call: one replica's share on each
+    assert float(counter.numpy()) - before == 4  # not 8, the whole batch
+
+
+@pytest.mark.tensorflow_only
+def test_tf_cpu_step_bytes_reads_the_allocator_peak():
+    import tensorflow as tf
+
+    def step():
+        return tf.reduce_sum(tf.random.normal((500, 500))).numpy()
+
+    assert timing.tf_cpu_step_bytes(step, repeats=2) >= 500 * 500 * 4
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution on JAX")
+def test_jax_batches_are_sharded_under_data_parallel():
+    import jax
+
+    x = np.zeros((4, 3), "float32")
+    assert timing.placed(x).sharding.is_fully_replicated  # one device, no distribution
+    with keras.distribution.DataParallel(devices=jax.devices()).scope():
+        spec = timing.placed(x).sharding.spec
+    assert tuple(spec)[0] == "batch"
