@@ -15,7 +15,8 @@ from tfnorms.layers.group_norm import LpGroupNormalization
 from tfnorms.layers.layer_norm import L1LayerNormalization, LpLayerNormalization
 from tfnorms.layers.mean_only_batch_norm import MeanOnlyBatchNormalization
 from tfnorms.layers.weight_norm import CenteredWeightNorm, WeightNormalization
-from tfnorms.model_tools import convert_model, data_init, strip
+from tfnorms.tools import convert_model, data_init, strip
+from tfnorms.tools.addons import load_addons_weights
 
 __version__ = "0.1.0"
 
@@ -36,6 +37,7 @@ __all__ = [
     "convert_model",
     "data_init",
     "linf_constant",
+    "load_addons_weights",
     "lp_constant",
     "strip",
 ]

@@ -23,6 +23,33 @@ from tfnorms._math.kernel import center_kernel, unit_norms
 from tfnorms._types import Shape, Tensor
 
 
+def call_kind(inputs: Any) -> str:
+    """How a layer is being called: `"eager"` (on values), `"symbolic"`
+    (Keras working out output shapes, as when it builds a model: no data) or
+    `"traced"` (inside `tf.function`, `jit_compile`, `jax.jit`, or a Keras
+    wrapper that traces its inner layer, such as `TimeDistributed`)."""
+    # Keras has no public test for its shape-inference pass; without it, a
+    # model being built would look traced.
+    from keras.src.backend.common.symbolic_scope import in_symbolic_scope
+
+    if in_symbolic_scope() or any(keras.backend.is_keras_tensor(x) for x in _leaves(inputs)):
+        return "symbolic"
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return "eager" if tf.executing_eagerly() else "traced"
+    if backend == "jax":
+        import jax
+
+        return "traced" if any(isinstance(x, jax.core.Tracer) for x in _leaves(inputs)) else "eager"
+    return "eager"
+
+
+def _leaves(inputs):
+    return keras.tree.flatten(inputs)
+
+
 class KernelNormWrapper(keras.layers.Wrapper):
     """Base of the weight-normalization wrappers.
 
@@ -58,7 +85,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
         axes.unit_axes_for(layer)  # refuse unsupported layers before anything else
         kwargs.setdefault("dtype", layer.dtype_policy)
         super().__init__(layer, **kwargs)
-        self.epsilon = _validation.positive_float("epsilon", epsilon)
+        self.epsilon = _validation.epsilon("epsilon", epsilon)
         # Our variables (g, rho) and V must be read in their own float32 dtype:
         # W is computed in the variable dtype and the inner layer casts it.
         self.autocast = False

@@ -5,14 +5,19 @@ weight normalization".
 
 from __future__ import annotations
 
+import contextlib
+import math
+from collections.abc import Iterator
 from typing import Any
 
 import keras
+from keras import ops
 
-from tfnorms import _validation
+from tfnorms import _validation, axes
+from tfnorms._math.data_init import standardizing_update, unit_moments
 from tfnorms._math.kernel import weight_norm_kernel
-from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike
-from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
+from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Tensor
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind
 
 # Initializer name that starts the scale at each unit's initial norm, so that
 # the wrapped layer first computes what the bare layer (with a centered kernel
@@ -111,6 +116,55 @@ class CenteredWeightNorm(KernelNormWrapper):
         """`{kernel name: g}` (empty with `scale=False`)."""
         return dict(self._scales)
 
+    # ------------------------------------------------ data-dependent init
+    def data_init_unsupported(self) -> str | None:
+        """Why the data-dependent initialization does not apply to this
+        wrapper, or None when it does."""
+        if not self.scale:
+            return "scale=False: it has no scale g to set"
+        if axes.output_kernel_name(self.layer) is None:
+            return (
+                f"it wraps a recurrent {type(self.layer).__name__}, whose kernels feed "
+                "gates inside the recurrence (the initialization is for feed-forward layers)"
+            )
+        return None
+
+    def standardize_units(self, pre_activation: Tensor) -> None:
+        """Set `g` and the inner bias so that these pre-activations (the
+        inner layer's outputs before its activation, on one batch) would have
+        mean 0 and variance 1 per output unit; docs/weight_norm.md,
+        "Data-dependent initialization"."""
+        inner = self.layer
+        scale = self._scales[axes.output_kernel_name(inner)]
+        units = math.prod(scale.shape)
+        channel_axis = 1 if getattr(inner, "data_format", None) == "channels_first" else -1
+        shape = tuple(pre_activation.shape)
+        if len(shape) < 2 or shape[channel_axis] != units:
+            raise ValueError(
+                f"data_init: the output of layer '{inner.name}' has shape {shape}, whose "
+                f"channel axis does not hold its {units} output units; it cannot be "
+                "initialized from data."
+            )
+        mean, variance = unit_moments(pre_activation, channel_axis)
+        bias = getattr(inner, "bias", None)
+        if not (isinstance(bias, keras.Variable) and math.prod(bias.shape) == units):
+            bias = None
+        g, b = standardizing_update(
+            scale.value, None if bias is None else bias.value, mean, variance
+        )
+        scale.assign(ops.cast(g, scale.dtype))
+        if bias is not None:
+            bias.assign(ops.cast(ops.reshape(b, bias.shape), bias.dtype))
+        self.mark_data_initialized()
+
+    def mark_data_initialized(self) -> None:
+        """Record that `g` and the bias hold initialized values (only
+        `WeightNormalization(data_init=True)` keeps that record)."""
+
+    def _mark_data_initialized(self) -> None:
+        # The name tools/addons.py calls (from before this method was public).
+        self.mark_data_initialized()
+
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         initializer = self.scale_initializer
@@ -128,6 +182,20 @@ class CenteredWeightNorm(KernelNormWrapper):
         return config
 
 
+@contextlib.contextmanager
+def without_activation(layer: keras.layers.Layer) -> Iterator[None]:
+    """`layer` with a linear activation inside the block: its pre-activation."""
+    if not hasattr(layer, "activation"):
+        yield
+        return
+    activation = layer.activation
+    layer.activation = keras.activations.linear
+    try:
+        yield
+    finally:
+        layer.activation = activation
+
+
 @keras.saving.register_keras_serializable(package="tfnorms")
 class WeightNormalization(CenteredWeightNorm):
     """Weight normalization (Salimans & Kingma, 2016): `CenteredWeightNorm`
@@ -135,11 +203,35 @@ class WeightNormalization(CenteredWeightNorm):
 
         w = g_i * v / sqrt(sum(v**2) + epsilon)
 
-    The successor of `tensorflow_addons.layers.WeightNormalization`. As there,
-    `g` starts at each unit's initial norm (`scale_initializer="norm"`), so
-    wrapping a layer does not change its initial output. The data-dependent
-    initialization (tfa's `data_init=True`) is the explicit step
-    `tfnorms.data_init(model, batch)`.
+    The successor of `tensorflow_addons.layers.WeightNormalization`, with its
+    signature `(layer, data_init, **kwargs)`. `g` starts at each unit's
+    initial norm (`scale_initializer="norm"`), so wrapping a layer does not
+    change its initial output.
+
+    `data_init=True` adds the paper's data-dependent initialization: on the
+    first call with real data (eager), `g` and the inner bias are set so that
+    every output unit's pre-activation (before the inner activation) has
+    mean 0 and variance 1 on that batch. A non-trainable variable
+    `initialized` records it and is saved with the model: a reloaded or
+    resumed model is never initialized again. The first call must be eager,
+    e.g. `model(batch)` before `fit` (then `fit`, `jit_compile`,
+    `MirroredStrategy` and JAX work as usual); a first call inside a traced
+    function (`fit`, `predict`, `tf.function`, `jax.jit`), in a replica of a
+    `tf.distribute` strategy or inside `TimeDistributed` (which calls it
+    once per time step) raises an error naming
+    `tfnorms.data_init(model, batch)`, the model-wide step that works
+    everywhere. Where tensorflow-addons differed: docs/migrating.md.
+
+    The default is `data_init=False` (tensorflow-addons defaulted to True):
+    the wrapped layer first computes what the bare layer computed, on every
+    backend, and `fit` needs no eager call first.
+
+    Args:
+        layer: the layer to wrap (the kinds of `CenteredWeightNorm`).
+        data_init: initialize `g` and the bias from the first batch.
+        scale, scale_initializer, scale_regularizer, scale_constraint,
+            epsilon: as in `CenteredWeightNorm` (keyword-only);
+            `scale_initializer` defaults to `"norm"`.
 
     Example:
 
@@ -152,6 +244,8 @@ class WeightNormalization(CenteredWeightNorm):
     def __init__(
         self,
         layer: keras.layers.Layer,
+        data_init: bool = False,
+        *,
         scale: bool = True,
         scale_initializer: InitializerLike = NORM_INITIALIZER,
         **kwargs: Any,
@@ -164,8 +258,114 @@ class WeightNormalization(CenteredWeightNorm):
         super().__init__(
             layer, center=False, scale=scale, scale_initializer=scale_initializer, **kwargs
         )
+        self.data_init = _validation.boolean("data_init", data_init)
+        if self.data_init and self.data_init_unsupported() is not None:
+            raise ValueError(
+                f"WeightNormalization(data_init=True) cannot initialize layer "
+                f"'{layer.name}': {self.data_init_unsupported()}. Pass data_init=False."
+            )
+        self._set_untracked("_initialized", None)
+        # Mirrors the variable once it reads 1: JAX cannot read it while tracing.
+        self._set_untracked("_data_init_done", False)
+
+    def build(self, input_shape: Any = None) -> None:
+        super().build(input_shape)
+        if self.data_init:
+            self._set_untracked(
+                "_initialized",
+                self.add_weight(
+                    name="initialized",
+                    shape=(),
+                    dtype="int32",
+                    initializer="zeros",
+                    trainable=False,
+                ),
+            )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        # Marks calls that come through Keras's `__call__`; TimeDistributed
+        # calls `call` itself, once per time step.
+        if not self.data_init or self._data_init_done:
+            return super().__call__(*args, **kwargs)
+        self._set_untracked("_in_own_call", True)
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            self._set_untracked("_in_own_call", False)
+
+    def call(self, inputs: Tensor, *args: Any, **kwargs: Any) -> Any:
+        if self.data_init and not self._data_init_done:
+            self._initialize_once(inputs, *args, **kwargs)
+        return super().call(inputs, *args, **kwargs)
+
+    def _initialize_once(self, inputs, *args, **kwargs):
+        kind = call_kind(inputs)
+        if kind == "symbolic":  # Keras working out shapes: no data yet
+            return
+        if self._read_initialized():
+            self._set_untracked("_data_init_done", True)
+            return
+        if not self.__dict__.get("_in_own_call", False):
+            raise RuntimeError(
+                f"WeightNormalization '{self.name}' has data_init=True and is first "
+                "called through its `call` method, as TimeDistributed does once per time "
+                "step: it would be initialized from one step. Use `tfnorms.data_init(model, "
+                "batch)`, which sees all time steps at once."
+            )
+        if kind == "traced" or _in_replica_context():
+            raise RuntimeError(
+                f"WeightNormalization '{self.name}' has data_init=True and is first "
+                "called inside a traced function (fit, predict, tf.function, jit_compile, "
+                "jax.jit) or a tf.distribute replica, where it cannot "
+                "compute the statistics of a batch. Initialize it before: call the model "
+                "once on a batch (`model(batch)`), or use `tfnorms.data_init(model, "
+                "batch)`, which initializes every wrapper of a model in any setting."
+            )
+        with without_activation(self.layer):
+            pre_activation = super().call(inputs, *args, **kwargs)
+        self.standardize_units(pre_activation)
+
+    def _read_initialized(self) -> bool:
+        """The variable's value where it can be read (eagerly, or lifted out
+        of a TensorFlow graph); the mirror when JAX is tracing."""
+        if self._data_init_done:
+            return True
+        if keras.backend.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.init_scope():
+                return bool(tf.convert_to_tensor(self._initialized.value).numpy())
+        value = self._initialized.value
+        return call_kind(value) == "eager" and bool(ops.convert_to_numpy(value))
+
+    def mark_data_initialized(self) -> None:
+        """Record that `g` and the bias hold initialized values, so that
+        `data_init=True` does not initialize them again: call it after
+        setting trained weights by hand (loading a `.keras` file or weights
+        restores the record itself)."""
+        if self._initialized is not None:
+            self._initialized.assign(1)
+            self._set_untracked("_data_init_done", True)
+
+    def load_own_variables(self, store: Any) -> None:
+        super().load_own_variables(store)
+        if self._initialized is not None:
+            self._set_untracked(
+                "_data_init_done", bool(ops.convert_to_numpy(self._initialized.value))
+            )
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("center")
+        config["data_init"] = self.data_init
         return config
+
+
+def _in_replica_context() -> bool:
+    """Inside `strategy.run` of a `tf.distribute` strategy, where each replica
+    sees its share of the batch only."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy() and not tf.distribute.in_cross_replica_context()

@@ -1,6 +1,6 @@
-"""Model-level tools (SPEC sections 2 and 6): data_init, strip and
-convert_model, on Sequential, functional, nested and subclassed models, under
-MirroredStrategy and mixed precision; convert_model on a small ResNet and on
+"""tfnorms.strip and tfnorms.convert_model on Sequential, functional and
+nested models, TimeDistributed and Bidirectional, operation nodes, under
+MirroredStrategy; the batch-norm switch; a small ResNet and
 keras.applications.MobileNetV2."""
 
 import json
@@ -16,193 +16,13 @@ from layer_checks import (
     mirrored_strategy,
     to_numpy,
 )
+from test_tools_data_init import all_layers, make_data_init_model, wrappers_of
 
 import tfnorms
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 
 L = keras.layers
 WN, CWN, BWN = tfnorms.WeightNormalization, tfnorms.CenteredWeightNorm, tfnorms.BoundedWeightNorm
-
-
-def all_layers(layer):
-    """Every layer under `layer`, through models, wrappers and Bidirectional."""
-    yield layer
-    if isinstance(layer, L.Bidirectional):
-        children = [layer.forward_layer, layer.backward_layer]
-    elif isinstance(layer, L.Wrapper):
-        children = [layer.layer]
-    elif isinstance(layer, keras.Model):
-        children = layer.layers
-    else:
-        children = []
-    for child in children:
-        yield from all_layers(child)
-
-
-def wrappers_of(model):
-    return [layer for layer in all_layers(model) if isinstance(layer, KernelNormWrapper)]
-
-
-# --------------------------------------------------------------- data_init
-def make_data_init_model():
-    """A chain of top-level stages (so the test can recompute each stage's
-    input itself): every feed-forward kind, a layer without bias, layers
-    data_init must leave alone, TimeDistributed and a nested model."""
-    return keras.Sequential(
-        [
-            keras.Input((8, 8, 3)),
-            WN(L.Conv2D(6, 3, activation="relu"), name="conv"),
-            CWN(
-                L.DepthwiseConv2D(3, depth_multiplier=2, padding="same", activation="relu"),
-                name="dw",
-            ),
-            WN(L.SeparableConv2D(5, 1, activation="relu"), name="sep"),
-            CWN(L.Conv2DTranspose(4, 3, activation="relu"), name="convt"),
-            WN(L.Conv2D(4, 1, use_bias=False), name="nobias"),
-            BWN(L.Conv2D(4, 1), name="bwn"),
-            CWN(L.Conv2D(4, 1), scale=False, name="noscale"),
-            L.Reshape((8, 32)),
-            L.TimeDistributed(WN(L.Dense(3, activation="relu"), name="td_dense"), name="td"),
-            keras.Sequential(
-                [keras.Input((8, 3)), CWN(L.Dense(5, activation="relu"), name="inner")]
-            ),
-            WN(L.LSTM(3), name="lstm"),
-            WN(L.Dense(2, activation="tanh"), name="head"),
-        ]
-    )
-
-
-INITIALIZED = ["conv", "dw", "sep", "convt", "nobias", "td_dense", "inner", "head"]
-LEFT_ALONE = ["bwn", "noscale", "lstm"]
-
-
-def pre_activations(model, x):
-    """{wrapper name: its pre-activation on this batch}, from plain copies
-    (wrapper.remove()) without their activation, applied to the inputs the
-    model's own forward pass gives each top-level stage: independent of
-    data_init's mechanism, and the same float16 path as the model's."""
-    feeds = keras.Model(model.inputs[0], [layer.input for layer in model.layers])(x)
-    out = {}
-    for layer, h in zip(model.layers, feeds, strict=True):
-        if isinstance(layer, keras.Sequential):
-            (layer,) = layer.layers  # the nested model holds one wrapper
-        wrapper = layer.layer if isinstance(layer, L.TimeDistributed) else layer
-        if isinstance(wrapper, KernelNormWrapper) and not isinstance(wrapper.layer, L.RNN):
-            plain = wrapper.remove()
-            plain.activation = keras.activations.linear
-            out[wrapper.name] = to_numpy(plain(h)).astype("float64")
-    return out
-
-
-def assert_standardized(model, stats, names, mean_atol, var_rtol, bias_rtol=0.0):
-    """Mean 0 (up to `mean_atol` plus `bias_rtol` times the largest bias: a
-    float16 bias is rounded to about 1e-3 of its size) and variance 1."""
-    wrappers = {w.name: w for w in wrappers_of(model)}
-    for name in names:
-        z = stats[name]
-        z = z.reshape(-1, z.shape[-1])
-        np.testing.assert_allclose(z.var(axis=0), 1.0, rtol=var_rtol, err_msg=name)
-        if name != "nobias":  # no bias: only the variance can be set
-            bias = np.abs(to_numpy(wrappers[name].layer.bias.value)).max()
-            atol = mean_atol + bias_rtol * bias
-            np.testing.assert_allclose(z.mean(axis=0), 0.0, atol=atol, err_msg=name)
-
-
-def data_init_batch(rng, n=64):
-    return (3.0 * rng.normal(size=(n, 8, 8, 3)) + 1.0).astype("float32")
-
-
-def variables_by_wrapper(model, names):
-    found = {w.name: w for w in wrappers_of(model)}
-    return {n: [to_numpy(v.value).copy() for v in found[n].weights] for n in names}
-
-
-def test_data_init_standardizes_every_pre_activation_in_order(rng):
-    model = make_data_init_model()
-    x = data_init_batch(rng)
-    before = pre_activations(model, x)
-    assert np.abs(before["head"].std(axis=0) - 1).max() > 0.05  # not already standardized
-    untouched = variables_by_wrapper(model, LEFT_ALONE)
-    done = tfnorms.data_init(model, x)
-    assert [w.name for w in done] == INITIALIZED  # in forward order
-    # Checked on the final model: every layer's input comes from the already
-    # initialized layers before it.
-    assert_standardized(model, pre_activations(model, x), INITIALIZED, 1e-4, var_rtol=1e-4)
-    for name, values in variables_by_wrapper(model, LEFT_ALONE).items():
-        for a, b in zip(untouched[name], values, strict=True):
-            np.testing.assert_array_equal(a, b, err_msg=name)
-    assert all("call" not in w.__dict__ for w in wrappers_of(model))  # no hook left
-    # A second pass finds nothing left to do.
-    g = {w.name: to_numpy(w.scale_variables()[next(iter(w.scale_variables()))].value) for w in done}
-    tfnorms.data_init(model, x)
-    for w in done:
-        now = to_numpy(w.scale_variables()[next(iter(w.scale_variables()))].value)
-        np.testing.assert_allclose(now, g[w.name], rtol=1e-4, err_msg=w.name)
-
-
-def test_data_init_rescales_the_pointwise_scale_of_a_separable_conv(rng):
-    model = make_data_init_model()
-    sep = model.get_layer("sep")
-    depthwise_g = to_numpy(sep.scale_variables()["depthwise_kernel"].value).copy()
-    pointwise_g = to_numpy(sep.scale_variables()["pointwise_kernel"].value).copy()
-    tfnorms.data_init(model, data_init_batch(rng))
-    np.testing.assert_array_equal(
-        to_numpy(sep.scale_variables()["depthwise_kernel"].value), depthwise_g
-    )
-    assert not np.allclose(to_numpy(sep.scale_variables()["pointwise_kernel"].value), pointwise_g)
-
-
-@pytest.mark.filterwarnings("ignore:`build\\(\\)` was called on layer")  # Keras's, not ours
-def test_data_init_on_a_subclassed_model_warns_about_unused_layers(rng):
-    class TwoHeads(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.used = WN(L.Dense(4, activation="relu"), name="used")
-            self.unused = WN(L.Dense(4), name="unused")
-
-        def call(self, x):
-            return self.used(x)
-
-    model = TwoHeads()
-    x = (2.0 * rng.normal(size=(32, 5)) + 3.0).astype("float32")
-    with pytest.warns(UserWarning, match="unused"):
-        done = tfnorms.data_init(model, x)
-    assert [w.name for w in done] == ["used"]
-    plain = model.used.remove()
-    plain.activation = keras.activations.linear
-    z = to_numpy(plain(x)).astype("float64")
-    np.testing.assert_allclose(z.mean(axis=0), 0, atol=1e-4)
-    np.testing.assert_allclose(z.var(axis=0), 1, rtol=1e-4)
-
-
-@pytest.mark.tensorflow_only
-def test_data_init_under_mirrored_strategy(rng):
-    strategy = mirrored_strategy()
-    with strategy.scope():
-        model = make_data_init_model()
-        x = data_init_batch(rng)
-        done = tfnorms.data_init(model, x)
-    assert [w.name for w in done] == INITIALIZED
-    for wrapper in done:
-        for variable in wrapper.weights:
-            replicas = _replica_values(variable)
-            assert len(replicas) == 2, variable.path
-            np.testing.assert_array_equal(replicas[0], replicas[1], err_msg=variable.path)
-    assert_standardized(model, pre_activations(model, x), INITIALIZED, 1e-4, var_rtol=1e-4)
-
-
-def test_data_init_under_mixed_float16(rng):
-    keras.config.set_dtype_policy("mixed_float16")
-    model = make_data_init_model()
-    x = data_init_batch(rng)
-    done = tfnorms.data_init(model, x)
-    assert [w.name for w in done] == INITIALIZED
-    for wrapper in done:
-        for variable in wrapper.weights:
-            assert keras.backend.standardize_dtype(variable.dtype) == "float32"
-    # float16 pre-activations: about three significant digits.
-    stats = pre_activations(model, x)
-    assert_standardized(model, stats, INITIALIZED, 5e-3, var_rtol=2e-2, bias_rtol=2e-3)
 
 
 # -------------------------------------------------------------------- strip
@@ -268,19 +88,7 @@ def test_stripped_model_exports(tmp_path, rng):
     assert_export_roundtrip(tfnorms.strip(model), x, tmp_path, atol=1e-5)
 
 
-def test_strip_refuses_subclassed_and_unbuilt_models():
-    class Sub(keras.Model):
-        def __init__(self):
-            super().__init__()
-            self.dense = WN(L.Dense(2))
-
-        def call(self, x):
-            return self.dense(x)
-
-    model = Sub()
-    model(np.zeros((1, 3), "float32"))
-    with pytest.raises(ValueError, match="subclassed"):
-        tfnorms.strip(model)
+def test_strip_refuses_unbuilt_models_and_layers():
     with pytest.raises(ValueError, match="not built"):
         tfnorms.strip(keras.Sequential([WN(L.Dense(2))]))
     with pytest.raises(ValueError, match="Keras model"):
@@ -389,7 +197,8 @@ def test_convert_options(rng):
     # An EinsumDense with a 3-D kernel has no output unit: left as it is.
     inputs = keras.Input((5,))
     einsum = keras.Model(inputs, L.EinsumDense("ab,bcd->acd", (3, 4))(L.Dense(5)(inputs)))
-    converted_einsum = tfnorms.convert_model(einsum, weight_norm="cwn")
+    with pytest.warns(UserWarning, match="einsum_dense: EinsumDense .* 3-D kernel"):
+        converted_einsum = tfnorms.convert_model(einsum, weight_norm="cwn")
     assert [type(layer).__name__ for layer in converted_einsum.layers[1:]] == [
         "CenteredWeightNorm",
         "EinsumDense",
