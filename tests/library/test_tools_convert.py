@@ -285,7 +285,7 @@ def test_convert_replaces_batch_normalization(option, class_name, carried, rng):
     new_values = {v.name: to_numpy(v.value) for v in new.weights}
     for name in carried:
         np.testing.assert_array_equal(new_values[name], old_values[name], err_msg=name)
-    if option == "l2":  # SPEC section 4: p=2 is Keras's batch norm, so nothing changes
+    if option == "l2":  # p=2 is Keras's batch norm (docs/design.md): nothing changes
         x = rng.normal(size=(4, 5, 5, 3)).astype("float32")
         np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), atol=1e-5)
 

@@ -1,5 +1,6 @@
 """CenteredWeightNorm, WeightNormalization and BoundedWeightNorm on Dense and
-Conv1D/2D/3D: NumPy references, the papers' propositions, and SPEC section 7."""
+Conv1D/2D/3D: NumPy references, the papers' propositions, and the duties of
+docs/design.md, "Duties of every public class"."""
 
 import keras
 import numpy as np
@@ -21,7 +22,8 @@ from layer_checks import (
 import tfnorms
 
 # ------------------------------------------------------------ NumPy reference
-# Written from SPEC sections 2 and 3 alone; shares no code with tfnorms.
+# Written from docs/design.md ("Centered weight normalization", "Bounded weight
+# norm") alone; shares no code with tfnorms.
 
 
 def np_reduce_axes(kernel_shape):
@@ -331,7 +333,7 @@ def test_bad_input_is_refused_with_a_clear_error(build, error, message):
         build()
 
 
-# ------------------------------------------------------------ SPEC section 7
+# ----------------------------- Duties of every public class (docs/design.md)
 def make_mlp(wrapper_name="cwn", input_dim=6):
     wrap = WRAPPERS[wrapper_name]
     return keras.Sequential(

@@ -1,4 +1,4 @@
-"""BoundedWeightNorm (Hoffer et al., NeurIPS 2018, SPEC section 3)."""
+"""BoundedWeightNorm (Hoffer et al., NeurIPS 2018): docs/design.md, "Bounded weight norm"."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ class BoundedWeightNorm(KernelNormWrapper):
     pairs this layer with mean-only batch normalization after it.
 
     Args:
-        layer: a layer with a kernel from SPEC section 1's table.
+        layer: a layer with a kernel of the output-unit table (docs/design.md,
+            "Output units").
         rho: the fixed norm of every output unit. `None` (default) takes the
             mean over units of the initial per-unit norms `||V_i||` (the
             paper: "a simple choice for rho is the initial norm"). With

@@ -30,7 +30,7 @@ class CenteredWeightNorm(KernelNormWrapper):
     """Centered weight normalization (Huang et al., ICCV 2017).
 
     For every output unit `i` of each normalized kernel `V` of the inner layer
-    (SPEC section 1 says which axes form a unit):
+    (docs/design.md, "Output units", says which axes form a unit):
 
         v_hat = v - mean(v)
         w     = g_i * v_hat / sqrt(sum(v_hat**2) + epsilon)
