@@ -14,6 +14,7 @@ from tfnorms.layers.bounded_weight_norm import BoundedWeightNorm
 from tfnorms.layers.group_norm import LpGroupNormalization
 from tfnorms.layers.layer_norm import L1LayerNormalization, LpLayerNormalization
 from tfnorms.layers.mean_only_batch_norm import MeanOnlyBatchNormalization
+from tfnorms.layers.rms_norm import LpRMSNormalization
 from tfnorms.layers.weight_norm import CenteredWeightNorm, WeightNormalization
 from tfnorms.tools import convert_model, data_init, strip
 from tfnorms.tools.addons import load_addons_weights
@@ -31,6 +32,7 @@ __all__ = [
     "LpBatchNormalization",
     "LpGroupNormalization",
     "LpLayerNormalization",
+    "LpRMSNormalization",
     "MeanOnlyBatchNormalization",
     "WeightNormalization",
     "__version__",

@@ -7,7 +7,7 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from layer_checks import is_tensorflow, to_numpy
+from layer_checks import is_tensorflow, to_numpy, value_and_gradients
 from lp_reference import c_inf as np_c_inf
 from lp_reference import gaussian_abs_moment as np_gaussian_abs_moment
 from lp_reference import lp_statistics as np_lp_statistics
@@ -117,19 +117,9 @@ def test_top_k_with_fewer_elements_than_k(rng):
 
 
 def _function_and_gradient(function, x):
-    """`function(x)` (a scalar) and its gradient with respect to `x`, on either backend."""
-    if is_tensorflow():
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            value = function(x)
-        return to_numpy(value), to_numpy(tape.gradient(value, x))
-    import jax
-
-    value, grad = jax.value_and_grad(function)(t(x))
-    return to_numpy(value), to_numpy(grad)
+    """`function(x)` (a scalar) and its gradient with respect to `x`, on any backend."""
+    value, (grad,) = value_and_gradients(function, np.asarray(x))
+    return value, grad
 
 
 @pytest.mark.parametrize(
@@ -193,18 +183,7 @@ def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng
         want_grad[top, c] = weights[c] / len(top)
     want_grad = want_grad.reshape(shape) * np.sign(x - mean)
 
-    if is_tensorflow():
-        import tensorflow as tf
-
-        xs, means = tf.constant(x), tf.constant(mean)
-        with tf.GradientTape() as tape:
-            tape.watch([xs, means])
-            value = weighted(xs, means)
-        grad_x, grad_mean = (to_numpy(g) for g in tape.gradient(value, [xs, means]))
-    else:
-        import jax
-
-        value, (grad_x, grad_mean) = jax.value_and_grad(weighted, argnums=(0, 1))(t(x), t(mean))
+    value, (grad_x, grad_mean) = value_and_gradients(weighted, x, mean)
     assert float(value) == pytest.approx(want_value, rel=1e-12)
     np.testing.assert_allclose(to_numpy(grad_x), want_grad, atol=1e-12)
     np.testing.assert_allclose(
@@ -242,18 +221,7 @@ def test_max_abs_deviation_and_its_gradient_match_numpy(axis, masked, rng):
     want_grad = np.where(hit, np.sign(x - expand) * np.expand_dims(weights, reduced), 0.0)
     want_grad_mean = -want_grad.sum(axis=reduced)
 
-    if is_tensorflow():
-        import tensorflow as tf
-
-        xs, means = tf.constant(x), tf.constant(mean)
-        with tf.GradientTape() as tape:
-            tape.watch([xs, means])
-            value = weighted(xs, means)
-        grad_x, grad_mean = tape.gradient(value, [xs, means])
-    else:
-        import jax
-
-        value, (grad_x, grad_mean) = jax.value_and_grad(weighted, argnums=(0, 1))(t(x), t(mean))
+    value, (grad_x, grad_mean) = value_and_gradients(weighted, x, mean)
     assert float(value) == pytest.approx(float((want_value * weights).sum()), rel=1e-12)
     np.testing.assert_allclose(to_numpy(grad_x), want_grad, atol=1e-12)
     np.testing.assert_allclose(to_numpy(grad_mean), want_grad_mean, atol=1e-12)

@@ -382,3 +382,38 @@ def test_convert_model_keeps_operator_nodes_of_functional_models():
     np.testing.assert_allclose(
         converted.predict(x, verbose=0), model.predict(x, verbose=0), rtol=1e-5, atol=1e-5
     )
+
+
+def test_batch_renormalization_is_carried_or_refused(rng):
+    """renorm, renorm_clipping and renorm_momentum cross over with the
+    renorm statistics; mean-only batch norm cannot renormalize, so a
+    BatchNormalization(renorm=True) is refused, naming the layer."""
+    clipping = {"rmax": 1.5, "rmin": 0.5, "dmax": 0.3}
+    model = keras.Sequential(
+        [
+            keras.Input((6,)),
+            keras.layers.Dense(8),
+            keras.layers.BatchNormalization(
+                renorm=True, renorm_clipping=clipping, renorm_momentum=0.9, name="bn"
+            ),
+            keras.layers.Dense(1),
+        ]
+    )
+    x = rng.normal(1.0, 2.0, size=(16, 6)).astype("float32")
+    model.compile("sgd", "mse")
+    model.fit(x, rng.normal(size=(16, 1)), epochs=2, batch_size=8, verbose=0)
+    converted = tfnorms.convert_model(model, batch_norm="l2")
+    layer = converted.get_layer("bn")
+    assert type(layer) is tfnorms.LpBatchNormalization and layer.renorm
+    assert layer.renorm_clipping == clipping and layer.renorm_momentum == 0.9
+    for old, new in zip(model.get_layer("bn").weights, layer.weights, strict=True):
+        assert old.name == new.name
+        np.testing.assert_array_equal(to_numpy(old.value), to_numpy(new.value))
+    for training in (True, False):
+        np.testing.assert_allclose(
+            to_numpy(converted(x, training=training)),
+            to_numpy(model(x, training=training)),
+            atol=1e-5,
+        )
+    with pytest.raises(ValueError, match=r"renorm=True.*'bn'.*MeanOnlyBatchNormalization"):
+        tfnorms.convert_model(model, batch_norm="mean_only")

@@ -1,9 +1,10 @@
 """The project's own layer-test helper (not keras.src.testing).
 
-Each `assert_*` function checks one duty of SPEC section 7 for any layer or
-model factory, so every test module reuses the same checks: config round
-trip, `.keras` save/load in a fresh process, SavedModel export, training
-(`fit` lowers the loss), MirroredStrategy equivalence, mixed precision and
+Each `assert_*` function checks one duty of every public class
+(docs/design.md, "Duties of every public class") for any layer or model
+factory, so every test module reuses the same checks: config round trip,
+`.keras` save/load in a fresh process, SavedModel export, training (`fit`
+lowers the loss), MirroredStrategy equivalence, mixed precision and
 `jit_compile`.
 """
 
@@ -26,14 +27,37 @@ def is_tensorflow():
     return keras.backend.backend() == "tensorflow"
 
 
+def is_torch():
+    return keras.backend.backend() == "torch"
+
+
 def to_numpy(x):
     return np.asarray(keras.ops.convert_to_numpy(x))
+
+
+def torch_input(x):
+    """A NumPy array as a torch tensor of its dtype that records gradients."""
+    import torch
+
+    return torch.tensor(np.asarray(x), requires_grad=True)
+
+
+def torch_gradients(loss, tensors):
+    """The gradients of `loss` with respect to torch `tensors` (zeros for one
+    the loss does not depend on), as NumPy arrays."""
+    import torch
+
+    grads = torch.autograd.grad(loss, list(tensors), allow_unused=True)
+    return [
+        to_numpy(torch.zeros_like(t) if g is None else g)
+        for t, g in zip(tensors, grads, strict=True)
+    ]
 
 
 # ---------------------------------------------------------------- gradients
 def loss_and_gradients(layer, x, loss_fn, variables=None):
     """Loss and its gradients with respect to `variables` (default: the
-    layer's trainable variables), on either backend, as NumPy arrays."""
+    layer's trainable variables), on any backend, as NumPy arrays."""
     variables = list(layer.trainable_variables if variables is None else variables)
     if is_tensorflow():
         import tensorflow as tf
@@ -42,6 +66,9 @@ def loss_and_gradients(layer, x, loss_fn, variables=None):
             loss = loss_fn(layer(x, training=True))
         grads = tape.gradient(loss, [v.value for v in variables])
         return to_numpy(loss), [to_numpy(g) for g in grads]
+    if is_torch():
+        loss = loss_fn(layer(x, training=True))
+        return to_numpy(loss), torch_gradients(loss, [v.value for v in variables])
     import jax
 
     trainable = list(layer.trainable_variables)
@@ -58,7 +85,7 @@ def loss_and_gradients(layer, x, loss_fn, variables=None):
 
 def loss_and_input_gradient(layer, x, loss_fn, training=True):
     """Loss and its gradient with respect to the input `x` (a NumPy array), on
-    either backend. On JAX the layer runs through `stateless_call`, so its
+    any backend. On JAX the layer runs through `stateless_call`, so its
     state updates (moving statistics) are not applied."""
     if is_tensorflow():
         import tensorflow as tf
@@ -68,6 +95,10 @@ def loss_and_input_gradient(layer, x, loss_fn, training=True):
             tape.watch(x)
             loss = loss_fn(layer(x, training=training))
         return to_numpy(loss), to_numpy(tape.gradient(loss, x))
+    if is_torch():
+        x = torch_input(x)
+        loss = loss_fn(layer(x, training=training))
+        return to_numpy(loss), torch_gradients(loss, [x])[0]
     import jax
 
     trainable = [v.value for v in layer.trainable_variables]
@@ -79,6 +110,62 @@ def loss_and_input_gradient(layer, x, loss_fn, training=True):
 
     loss, grad = jax.value_and_grad(compute)(jax.numpy.asarray(x))
     return to_numpy(loss), to_numpy(grad)
+
+
+def call_gradients(layer, x, loss_fn, **call_kwargs):
+    """Loss and its gradients with respect to the input `x` (a NumPy array)
+    and to the layer's trainable variables, calling `layer(x, **call_kwargs)`
+    on any backend: pass `training` or `mask` only to layers that take
+    them (Keras's layer and group norms take neither). On JAX the layer runs
+    through `stateless_call`, so its state updates are not applied."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        x = tf.constant(x)
+        variables = [v.value for v in layer.trainable_variables]
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = loss_fn(layer(x, **call_kwargs))
+        dx, *grads = tape.gradient(loss, [x, *variables])
+        return to_numpy(loss), to_numpy(dx), [to_numpy(g) for g in grads]
+    if is_torch():
+        x = torch_input(x)
+        loss = loss_fn(layer(x, **call_kwargs))
+        dx, *grads = torch_gradients(loss, [x, *(v.value for v in layer.trainable_variables)])
+        return to_numpy(loss), dx, grads
+    import jax
+
+    non_trainable = [v.value for v in layer.non_trainable_variables]
+
+    def compute(inputs, values):
+        out, _ = layer.stateless_call(values, non_trainable, inputs, **call_kwargs)
+        return loss_fn(out)
+
+    trainable = [v.value for v in layer.trainable_variables]
+    loss, (dx, grads) = jax.value_and_grad(compute, argnums=(0, 1))(jax.numpy.asarray(x), trainable)
+    return to_numpy(loss), to_numpy(dx), [to_numpy(g) for g in grads]
+
+
+def value_and_gradients(function, *arrays):
+    """`function(*tensors)` (a scalar) and its gradients with respect to each
+    of the NumPy `arrays` (as tensors of their dtypes), on any backend."""
+    if is_tensorflow():
+        import tensorflow as tf
+
+        tensors = [tf.constant(a) for a in arrays]
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            value = function(*tensors)
+        return to_numpy(value), [to_numpy(g) for g in tape.gradient(value, tensors)]
+    if is_torch():
+        tensors = [torch_input(a) for a in arrays]
+        value = function(*tensors)
+        return to_numpy(value), torch_gradients(value, tensors)
+    import jax
+
+    tensors = [jax.numpy.asarray(a) for a in arrays]
+    value, grads = jax.value_and_grad(function, argnums=tuple(range(len(arrays))))(*tensors)
+    return to_numpy(value), [to_numpy(g) for g in grads]
 
 
 def finite_difference_gradient(layer, x, loss_fn, variable, eps=1e-6, max_entries=12, seed=0):

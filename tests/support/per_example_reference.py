@@ -1,20 +1,19 @@
-"""Independent NumPy references for the per-example Lp norms (layer and group
-normalization), written from SPEC section 4: every statistic is computed one
-example (and group) at a time by `lp_reference.lp_statistics` or, around 0,
-by `uncentered_statistics`; plus comparisons of two layers' outputs and
-gradients."""
+"""Independent NumPy references for the per-example Lp norms (layer, RMS and
+group normalization), written from docs/design.md ("Lp batch normalization"):
+every statistic is computed one example (and group) at a time by
+`lp_reference.lp_statistics` or, around 0, by `uncentered_statistics`; plus
+comparisons of two layers' outputs and gradients."""
 
 import math
 
-import keras
 import lp_reference as ref
 import numpy as np
 from keras import ops
-from layer_checks import loss_and_gradients, loss_and_input_gradient, to_numpy
+from layer_checks import call_gradients, loss_and_gradients, loss_and_input_gradient, to_numpy
 
 
 def uncentered_statistics(v, p, top_k):
-    """sigma_p**2 of a 1-D array around 0 (SPEC section 4 with mu = 0)."""
+    """sigma_p**2 of a 1-D array around 0 (the Lp scale with mu = 0)."""
     a = np.abs(v)
     if math.isinf(p):
         scale = a.max() if top_k is None else np.sort(a)[::-1][:top_k].mean()
@@ -89,27 +88,7 @@ def inference_gradients(layer, x, loss_fn):
     trainable variables, calling the layer without a `training` argument
     (Keras's layer and group norms take none; the shared helper passes one
     to `stateless_call` on JAX)."""
-    if keras.backend.backend() == "tensorflow":
-        import tensorflow as tf
-
-        x = tf.constant(x)
-        variables = [v.value for v in layer.trainable_variables]
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            loss = loss_fn(layer(x))
-        dx, *grads = tape.gradient(loss, [x, *variables])
-        return to_numpy(loss), to_numpy(dx), [to_numpy(g) for g in grads]
-    import jax
-
-    non_trainable = [v.value for v in layer.non_trainable_variables]
-
-    def compute(inputs, values):
-        out, _ = layer.stateless_call(values, non_trainable, inputs)
-        return loss_fn(out)
-
-    trainable = [v.value for v in layer.trainable_variables]
-    loss, (dx, grads) = jax.value_and_grad(compute, argnums=(0, 1))(jax.numpy.asarray(x), trainable)
-    return to_numpy(loss), to_numpy(dx), [to_numpy(g) for g in grads]
+    return call_gradients(layer, x, loss_fn)
 
 
 def assert_same_outputs_and_gradients(mine, theirs, x, rng, atol=1e-5):

@@ -5,7 +5,12 @@ from __future__ import annotations
 import keras
 from keras import ops
 
-from tfnorms._math.reduce import FLOAT_MAX, channel_broadcast_shape, statistics_dtype
+from tfnorms._math.reduce import (
+    FLOAT_MAX,
+    channel_broadcast_shape,
+    maximum,
+    statistics_dtype,
+)
 
 
 def working_dtype(dtype, low_precision=False):
@@ -34,7 +39,7 @@ def inverse_scale(variance, epsilon, scale=None):
     for sigma <= 1)."""
     if scale is None:
         return ops.rsqrt(variance + epsilon)
-    s = ops.maximum(scale, 1.0)
+    s = maximum(scale, 1.0)
     return ops.rsqrt(ops.square(scale / s) + epsilon / ops.square(s)) / s
 
 

@@ -36,6 +36,46 @@ def statistics_dtype(dtype):
     return "float64" if keras.backend.standardize_dtype(dtype) == "float64" else "float32"
 
 
+def _like(number, tensor):
+    """A Python `number` as a tensor of `tensor`'s float dtype (else as is)."""
+    if isinstance(number, (int, float)) and keras.backend.is_float_dtype(
+        getattr(tensor, "dtype", None) or "int32"
+    ):
+        return ops.convert_to_tensor(number, dtype=tensor.dtype)
+    return number
+
+
+def maximum(x, y):
+    """`ops.maximum(x, y)` for a Python number `y`, in x's dtype.
+
+    For float64, `where(x < y, y, x)` (NaN stays NaN): Keras's torch backend
+    computes `ops.maximum` of float64 tensors in float32 (its result_type
+    maps 64-bit dtypes to 32-bit ones).
+    """
+    y = _like(y, x)
+    if _is_float64(x):
+        return ops.where(x < y, y, x)
+    return ops.maximum(x, y)
+
+
+def minimum(x, y):
+    """`ops.minimum(x, y)` for a Python number `y`, in x's dtype (see `maximum`)."""
+    y = _like(y, x)
+    if _is_float64(x):
+        return ops.where(x > y, y, x)
+    return ops.minimum(x, y)
+
+
+def power(x, exponent):
+    """`ops.power(x, exponent)` with a Python exponent in x's dtype: Keras's
+    torch backend would round it to float32 (1/3 to 0.33333334)."""
+    return ops.power(x, _like(exponent, x))
+
+
+def _is_float64(x):
+    return keras.backend.standardize_dtype(getattr(x, "dtype", "float32")) == "float64"
+
+
 def lp_constant(p):
     """C_p, the factor that makes the Lp scale estimate a Gaussian's standard
     deviation: `(sqrt(pi) / (2**(p/2) * Gamma((p+1)/2)))**(1/p)`.
@@ -61,7 +101,7 @@ def linf_constant(n):
     """
     if isinstance(n, (int, float)):
         return _LINF_NUMERATOR / math.sqrt(2.0 * math.log(max(float(n), 2.0)))
-    n = ops.maximum(n, 2.0)
+    n = maximum(n, 2.0)
     return _LINF_NUMERATOR * ops.rsqrt(2.0 * ops.log(n))
 
 
@@ -164,13 +204,13 @@ def masked_mean(v, axis, mask=None, count=None, total=None):
     if low:
         mean = ops.cast(ops.mean(v, axis=axes), dtype)
         if mask is not None:
-            mean = mean * (as_dtype(total, dtype) / ops.maximum(count, 1.0))
+            mean = mean * (as_dtype(total, dtype) / maximum(count, 1.0))
         return zero_if_empty(mean, total)
     total_sum = ops.cast(ops.sum(v, axis=axes), dtype)
     divisor = as_dtype(total, dtype) if mask is None else count
     if isinstance(divisor, float):
         return total_sum / max(divisor, 1.0)
-    return total_sum / ops.maximum(divisor, 1.0)
+    return total_sum / maximum(divisor, 1.0)
 
 
 def zero_if_empty(statistic, count):

@@ -19,6 +19,8 @@ import numbers
 
 from keras import ops
 
+from tfnorms._math.reduce import maximum, minimum
+
 CLIPPING_KEYS = ("rmax", "rmin", "dmax")
 
 
@@ -63,13 +65,13 @@ def correction(mean, variance, renorm_mean, renorm_stddev, epsilon, bounds):
     """
     stddev = ops.sqrt(variance + epsilon)
     floor = math.sqrt(epsilon)
-    renorm_stddev = ops.maximum(ops.cast(renorm_stddev, stddev.dtype), floor)
+    renorm_stddev = maximum(ops.cast(renorm_stddev, stddev.dtype), floor)
     r = stddev / renorm_stddev
     d = (mean - ops.cast(renorm_mean, mean.dtype)) / renorm_stddev
     if bounds.get("rmin") is not None:
-        r = ops.maximum(r, bounds["rmin"])
+        r = maximum(r, bounds["rmin"])
     if bounds.get("rmax") is not None:
-        r = ops.minimum(r, bounds["rmax"])
+        r = minimum(r, bounds["rmax"])
     if bounds.get("dmax") is not None:
         d = ops.clip(d, -bounds["dmax"], bounds["dmax"])
     return ops.stop_gradient(r), ops.stop_gradient(d)

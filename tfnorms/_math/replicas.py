@@ -22,7 +22,7 @@ from __future__ import annotations
 from keras import ops
 
 from tfnorms._math import select
-from tfnorms._math.reduce import kept_axes, statistics_dtype, zero_if_empty
+from tfnorms._math.reduce import kept_axes, maximum, statistics_dtype, zero_if_empty
 
 
 def _local_moments(x, axes, count):
@@ -68,7 +68,7 @@ LOCAL = LocalReduction()
 
 def _global_mean(sums, count):
     """The global mean from the replicas' summed `mean * count`."""
-    return sums / ops.maximum(count, 1.0)
+    return sums / maximum(count, 1.0)
 
 
 class Replicated:
@@ -102,7 +102,7 @@ class Replicated:
             [], [ops.reshape(count, (1,)), mean, variance]
         )  # (replicas, 1), (replicas, channels) twice
         total = ops.sum(counts)
-        weights = counts / ops.maximum(total, 1.0)
+        weights = counts / maximum(total, 1.0)
         global_mean = ops.sum(weights * means, axis=0)
         spread = variances + ops.square(means - global_mean)
         return global_mean, ops.sum(weights * spread, axis=0), total
@@ -130,7 +130,7 @@ class Replicated:
         (sums,), count, (highs, lows) = self._sums_with_count([mean * count], count, [high, low])
         mean = _global_mean(sums, count)
         high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
-        return mean, count, ops.maximum(ops.maximum(high - mean, mean - low), 0.0)
+        return mean, count, maximum(ops.maximum(high - mean, mean - low), 0.0)
 
     def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
         deviation = x if centered_mean is None else x - centered_mean

@@ -14,6 +14,7 @@ from tfnorms._math.reduce import (
     expand_statistics,
     kept_axes,
     kept_shape,
+    maximum,
     reduction_axes,
     statistics_dtype,
 )
@@ -107,7 +108,7 @@ def valid_mean(top):
     valid = ops.logical_not(top < 0)
     total = ops.sum(ops.where(valid, top, ops.zeros_like(top)), axis=-1)
     count = ops.sum(ops.cast(valid, top.dtype), axis=-1)
-    return total / ops.maximum(count, 1.0)
+    return total / maximum(count, 1.0)
 
 
 def top_k_deviation_mean(x, mean, k, axis, mask=None):
@@ -156,9 +157,9 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
             # With k valid entries or more: 1/k each above the threshold, and the
             # remaining k - above_count shared by the tied ones. With fewer: 1/count each.
             selected = ops.where(full, float(k), above_count)
-            per_above = upstream / ops.maximum(selected, 1.0)
+            per_above = upstream / maximum(selected, 1.0)
             per_tied = ops.where(
-                full, per_above * (k - above_count) / ops.maximum(tied_count, 1.0), 0.0
+                full, per_above * (k - above_count) / maximum(tied_count, 1.0), 0.0
             )
             weight = ops.where(
                 above,
@@ -191,8 +192,14 @@ def extremes(x, axis, mask):
     if mask is not None:
         high_values = ops.where(mask, x, ops.full_like(x, -limit))
         low_values = ops.where(mask, x, ops.full_like(x, limit))
-    high = ops.max(high_values, axis=axes, initial=-limit)
-    low = ops.min(low_values, axis=axes, initial=limit)
+    if any(x.shape[a] == 0 for a in axes):
+        # Known to be empty: the fill values from a sum, which keeps x in the
+        # graph (Keras's torch max/min return a scalar constant there).
+        zeros = ops.sum(x, axis=axes)
+        high, low = zeros - limit, zeros + limit
+    else:
+        high = ops.max(high_values, axis=axes, initial=-limit)
+        low = ops.min(low_values, axis=axes, initial=limit)
     dtype = statistics_dtype(x.dtype)
     return ops.cast(high, dtype), ops.cast(low, dtype)
 
@@ -220,7 +227,7 @@ def max_abs_deviation(x, mean, axis, mask=None):
         above, below = high - mean, mean - low
         upper = above >= below
         largest = ops.where(upper, above, below)
-        scale = ops.maximum(largest, 0.0)
+        scale = maximum(largest, 0.0)
 
         def gradient(*args, upstream=None):
             if upstream is None:
@@ -234,7 +241,7 @@ def max_abs_deviation(x, mean, axis, mask=None):
             # where rounding in the mean made the extreme deviation negative.
             sign = ops.cast(ops.where(upper, 1, -1), dtype) * ops.cast(largest >= 0, dtype)
             signed = ops.cast(upstream, dtype) * sign
-            per_tie = expand_statistics(signed / ops.maximum(ties, 1.0), ndim, axis)
+            per_tie = expand_statistics(signed / maximum(ties, 1.0), ndim, axis)
             grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
             grad_mean = -ops.where(ties > 0, signed, ops.zeros_like(signed))
             return grad_x, ops.cast(grad_mean, mean.dtype)

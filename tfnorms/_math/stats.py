@@ -27,6 +27,7 @@ from tfnorms._math.reduce import (
     lp_constant,
     mask_count,
     masked_mean,
+    power,
     reduced_count,
     reduction_axes,
     statistics_dtype,
@@ -140,7 +141,7 @@ def _power(deviation, p):
         return ops.square(deviation)
     if p == 1.0:
         return ops.abs(deviation)
-    return ops.power(ops.abs(deviation), p)
+    return power(ops.abs(deviation), p)
 
 
 def _max_statistics(x, axis, mask, reduction, count, total, center):
@@ -174,7 +175,7 @@ def lp_variance(moment, p):
     positive = moment > 0
     safe = ops.where(positive, moment, ops.ones_like(moment))
     # `moment * 0` is 0 at 0 and NaN at NaN: a NaN input stays visible.
-    return ops.where(positive, c2 * ops.power(safe, 2.0 / p), moment * 0.0)
+    return ops.where(positive, c2 * power(safe, 2.0 / p), moment * 0.0)
 
 
 def mean_statistics(x, axis, mask=None, reduction=replicas.LOCAL, with_count=False):

@@ -6,8 +6,9 @@ normalization");
 `L1BatchNormalization` and `LinfBatchNormalization` are its presets. The
 layer follows `keras.layers.BatchNormalization` argument for argument,
 variable for variable (gamma, beta, moving_mean, moving_variance, where
-`moving_variance` holds `sigma_p**2`), so that p=2 reproduces it and weights
-move between the two both ways.
+`moving_variance` holds `sigma_p**2`; with `renorm`, moving_stddev,
+renorm_mean and renorm_stddev), so that p=2 reproduces it and weights move
+between the two both ways. Batch Renormalization is `tfnorms._math.renorm`.
 
 The statistics are `tfnorms._math.stats`; the cross-replica reduction
 (`synchronized=True`) is `tfnorms.distribute`.
@@ -21,12 +22,31 @@ import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms._math.apply import normalize
+from tfnorms._math import renorm as batch_renorm
+from tfnorms._math.apply import normalize, saturated
 from tfnorms._math.reduce import statistics_dtype
-from tfnorms._math.stats import lp_statistics
+from tfnorms._math.stats import statistics
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 from tfnorms.layers.base import refuse_p
 from tfnorms.layers.batch_statistics import BatchStatisticsLayer
+
+
+def _clone(initializer):
+    """A fresh copy of a Keras initializer instance (so that a seeded random
+    one gives the same values twice, as Keras's own clone does); other forms
+    (names, dicts, callables) as they are."""
+    if isinstance(initializer, keras.initializers.Initializer):
+        return type(initializer).from_config(initializer.get_config())
+    return initializer
+
+
+def _sqrt_of(initializer):
+    """An initializer giving the square root of `initializer`'s values."""
+
+    def initialize(shape, dtype=None):
+        return ops.sqrt(keras.initializers.get(_clone(initializer))(shape, dtype=dtype))
+
+    return initialize
 
 
 @keras.saving.register_keras_serializable(package="tfnorms")
@@ -78,6 +98,21 @@ class LpBatchNormalization(BatchStatisticsLayer):
         gamma_regularizer: regularizer of `gamma`.
         beta_constraint: constraint on `beta`.
         gamma_constraint: constraint on `gamma`.
+        renorm: Batch Renormalization (Ioffe 2017), as Keras: in training the
+            batch-normalized values are corrected by `r = sigma_B / sigma_R`
+            and `d = (mu_B - mu_R) / sigma_R` (no gradient), where
+            `sigma_B = sqrt(sigma_p**2 + epsilon)` and `mu_R`, `sigma_R` are
+            moving averages (`renorm_mean`, `renorm_stddev`, floored at
+            sqrt(epsilon)). Adds the variables `moving_stddev`, `renorm_mean`,
+            `renorm_stddev`; `moving_variance` then follows
+            `moving_stddev**2 - epsilon`. Inference is unchanged.
+        renorm_clipping: with `renorm`, a dict with optional keys "rmax",
+            "rmin", "dmax": r is clipped to [rmin, rmax] and d to
+            [-dmax, dmax] (missing: no bound). Ignored without `renorm`, as
+            Keras.
+        renorm_momentum: with `renorm`, the momentum of `renorm_mean` and
+            `renorm_stddev`, in [0, 1) (`momentum` still drives the moving
+            statistics used in inference).
         synchronized: compute the statistics over all replicas' elements
             under a `tf.distribute` strategy (MirroredStrategy,
             MultiWorkerMirroredStrategy), masks included (where Keras falls back
@@ -99,8 +134,11 @@ class LpBatchNormalization(BatchStatisticsLayer):
         inputs: a tensor of any rank.
         training: use the batch statistics and update the moving ones (only
             when the layer is trainable, as Keras).
-        mask: the input's shape without the channel axis; only its true
+        mask: the input's shape without its last axis, as Keras (whatever
+            `axis` is: the mask broadcasts over the last axis); only its true
             positions enter the statistics. All positions are normalized.
+            With `synchronized=True` under a strategy, a mask needs the
+            channels last.
     """
 
     def __init__(
@@ -120,6 +158,9 @@ class LpBatchNormalization(BatchStatisticsLayer):
         gamma_regularizer: RegularizerLike = None,
         beta_constraint: ConstraintLike = None,
         gamma_constraint: ConstraintLike = None,
+        renorm: bool = False,
+        renorm_clipping: dict[str, float] | None = None,
+        renorm_momentum: float = 0.99,
         synchronized: bool = False,
         low_precision: bool = False,
         **kwargs: Any,
@@ -146,6 +187,11 @@ class LpBatchNormalization(BatchStatisticsLayer):
         self.moving_variance_initializer = _validation.initializer(
             "moving_variance_initializer", moving_variance_initializer
         )
+        self.renorm = _validation.boolean("renorm", renorm)
+        clipping = batch_renorm.clipping(renorm_clipping)
+        # As Keras: None stands for no clipping, and becomes {} with renorm.
+        self.renorm_clipping = {} if clipping is None and self.renorm else clipping
+        self.renorm_momentum = _validation.unit_interval("renorm_momentum", renorm_momentum)
         self.moving_mean = None
         self.moving_variance = None
 
@@ -155,24 +201,37 @@ class LpBatchNormalization(BatchStatisticsLayer):
         self._add_affine_weights(shape, gamma=self.scale, beta=self.center)
         self._add_moving("moving_mean", shape, self.moving_mean_initializer)
         self._add_moving("moving_variance", shape, self.moving_variance_initializer)
+        if self.renorm:
+            # As Keras: the scales start at sqrt of the variance initializer.
+            stddev = _sqrt_of(self.moving_variance_initializer)
+            self._add_moving("moving_stddev", shape, stddev)
+            self._add_moving("renorm_mean", shape, _clone(self.moving_mean_initializer))
+            self._add_moving("renorm_stddev", shape, stddev)
 
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        mask = self._channel_mask(inputs, mask)
+        reduction = self._reduction()
+        mask = self._channel_mask(inputs, mask, reduction)
         x = self._working_inputs(inputs)
         dtype = statistics_dtype(x.dtype)
+        gamma = None if self.gamma is None else ops.cast(self.gamma, dtype)
+        beta = None if self.beta is None else ops.cast(self.beta, dtype)
+        scale = None
         if training and self.trainable:
-            mean, variance = lp_statistics(
-                x,
-                self._channel_axis,
-                p=self.p,
-                top_k=self.top_k,
-                mask=mask,
-                reduction=self._reduction(),
+            mean, variance, count, scale = statistics(
+                x, self._channel_axis, p=self.p, top_k=self.top_k, mask=mask, reduction=reduction
             )
-            self._update_moving(self.moving_mean, mean)
-            self._update_moving(self.moving_variance, variance)
+            if self.renorm:
+                gamma, beta = self._renormalize(mean, variance, gamma, beta, count)
+                scale = None
+            else:
+                self._update_moving(self.moving_mean, mean, count=count)
+                if scale is not None:
+                    # sigma (finite) squared past the float range (|x| ~ 1e19 in
+                    # float32): keep the largest float; the output uses sigma.
+                    variance = saturated(variance)
+                self._update_moving(self.moving_variance, variance, count=count)
         else:
             mean = ops.cast(self.moving_mean, dtype)
             variance = ops.cast(self.moving_variance, dtype)
@@ -181,11 +240,34 @@ class LpBatchNormalization(BatchStatisticsLayer):
             x,
             self._per_channel(mean, dtype, ndim),
             self._per_channel(variance, dtype, ndim),
-            gamma=self._per_channel(self.gamma, dtype, ndim),
-            beta=self._per_channel(self.beta, dtype, ndim),
+            gamma=self._per_channel(gamma, dtype, ndim),
+            beta=self._per_channel(beta, dtype, ndim),
             epsilon=self.epsilon,
+            scale=self._per_channel(scale, dtype, ndim),
         )
         return ops.cast(outputs, self.compute_dtype)
+
+    def _renormalize(self, mean, variance, gamma, beta, count):
+        """Batch Renormalization's training step, in Keras's order: the
+        correction from the renorm statistics before this batch, then the
+        updates. `moving_variance` follows `moving_stddev` (Keras's rule),
+        so inference needs nothing else."""
+        r, d = batch_renorm.correction(
+            mean,
+            variance,
+            self.renorm_mean,
+            self.renorm_stddev,
+            self.epsilon,
+            self.renorm_clipping or {},
+        )
+        stddev = ops.sqrt(variance + self.epsilon)
+        self._update_moving(self.renorm_mean, mean, self.renorm_momentum, count)
+        self._update_moving(self.renorm_stddev, stddev, self.renorm_momentum, count)
+        self._update_moving(self.moving_mean, mean, count=count)
+        moving_stddev = self._update_moving(self.moving_stddev, stddev, count=count)
+        # relu: rounding may put stddev**2 a hair below epsilon.
+        self.moving_variance.assign(ops.relu(ops.square(moving_stddev) - self.epsilon))
+        return batch_renorm.compose(r, d, gamma, beta)
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
@@ -198,6 +280,9 @@ class LpBatchNormalization(BatchStatisticsLayer):
                 "moving_variance_initializer": keras.initializers.serialize(
                     self.moving_variance_initializer
                 ),
+                "renorm": self.renorm,
+                "renorm_clipping": self.renorm_clipping,
+                "renorm_momentum": self.renorm_momentum,
             }
         )
         return config

@@ -8,6 +8,7 @@ import keras
 from keras import ops
 
 from tfnorms import _validation, distribute
+from tfnorms._math import replicas
 from tfnorms._math.apply import per_channel
 from tfnorms._types import Shape
 from tfnorms.layers.base import NormalizationLayer
@@ -52,25 +53,47 @@ class BatchStatisticsLayer(NormalizationLayer):
         )
         setattr(self, name, variable)
 
-    def _channel_mask(self, inputs, mask):
-        """Keras's mask (the input's shape without the channel axis) as a
-        boolean tensor with size 1 on the channel axis."""
+    def _channel_mask(self, inputs, mask, reduction):
+        """Keras's mask as a boolean tensor that broadcasts against x.
+
+        As `keras.layers.BatchNormalization`, the mask is the input's shape
+        without its last axis, whatever `axis` is (what `Masking` and
+        `Embedding(mask_zero=True)` give), and broadcasts over that last axis.
+        With the channels last, every channel sees the same mask; with another
+        channel axis (e.g. `axis=1` on `(batch, time, features)`), each channel
+        has its own valid elements (docs/batch_norm.md, "Masks").
+        """
         if mask is None:
             return None
-        self._check_mask_rank(inputs, mask, "channel")
-        return ops.expand_dims(ops.cast(mask, "bool"), self._channel_axis)
+        self._check_mask_rank(inputs, mask, "last")
+        if self._channel_axis != len(inputs.shape) - 1 and reduction is not replicas.LOCAL:
+            raise ValueError(
+                f"Layer '{self.name}' (synchronized=True, axis={self.axis}) cannot "
+                "synchronize masked statistics when the channel axis is not the last: "
+                "Keras's mask spans the channels then, and the cross-replica reduction "
+                "needs one mask shared by all channels. Use axis=-1, or "
+                f"synchronized=False; received mask.shape={tuple(mask.shape)}, "
+                f"inputs.shape={tuple(inputs.shape)}."
+            )
+        return ops.expand_dims(ops.cast(mask, "bool"), -1)
 
     def _reduction(self):
         """Local statistics, or the global batch's when synchronized."""
         return distribute.reduction(self.synchronized)
 
-    def _update_moving(self, variable, value):
+    def _update_moving(self, variable, value, momentum=None, count=None):
         """`moving = moving * momentum + value * (1 - momentum)` (Keras's
-        convention: momentum is the share of the old value that is kept)."""
+        convention: momentum is the share of the old value that is kept;
+        `self.momentum` unless given). Where `count`, the number of elements
+        the statistics were taken over, is 0 (an empty or fully masked batch),
+        the moving value stays as it was. Returns the new value, in value's dtype."""
+        momentum = self.momentum if momentum is None else momentum
         old = ops.cast(variable, value.dtype)
-        variable.assign(
-            ops.cast(old * self.momentum + value * (1.0 - self.momentum), variable.dtype)
-        )
+        new = old * momentum + value * (1.0 - momentum)
+        if not (count is None or isinstance(count, (int, float)) and count > 0):
+            new = ops.where(ops.convert_to_tensor(count) > 0, new, old)
+        variable.assign(ops.cast(new, variable.dtype))
+        return new
 
     def _per_channel(self, variable, dtype, ndim):
         """A per-channel variable (or None) in `dtype`, broadcasting against x."""

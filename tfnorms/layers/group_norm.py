@@ -168,7 +168,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
             mask = ops.expand_dims(ops.expand_dims(ops.cast(mask, "bool"), c), c)
             reduced = tuple(i for i in range(ndim + 1) if i not in kept)
             mask = self._varying_mask(mask, reduced)
-        mean, variance = self._statistics(grouped, kept, mask)
+        mean, variance, scale = self._statistics(grouped, kept, mask)
         bshape = [1] * (ndim + 1)
         bshape[c], bshape[c + 1] = groups, per_group
 
@@ -182,6 +182,7 @@ class LpGroupNormalization(PerExampleLpNormalization):
             gamma=per_channel(self.gamma),
             beta=per_channel(self.beta),
             epsilon=self.epsilon,
+            scale=scale,
         )
         return ops.cast(ops.reshape(outputs, shape), self.compute_dtype)
 

@@ -97,7 +97,9 @@ class LpLayerNormalization(PerExampleLpNormalization):
         **kwargs: base layer arguments (`name`, `dtype`, ...).
 
     Call arguments:
-        inputs: a tensor of rank >= 1.
+        inputs: a tensor of any rank that has the `axis` axes with the sizes
+            the layer was built for (as Keras's layer, the rank may differ
+            from the built one: `axis=-1` is each input's last axis).
         training: accepted and unused: the statistics are per example, the
             same in training and in inference (there are no moving statistics).
         mask: optional, the input's shape without the last axis (Keras's
@@ -144,7 +146,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
         )
         self.axis = _layer_axes(axis)
         self.rms_scaling = _validation.boolean("rms_scaling", rms_scaling)
-        self._axes = None
+        self._weight_axes = None
 
     def _normalized_axes(self, ndim):
         axes = self.axis if isinstance(self.axis, list) else [self.axis]
@@ -156,14 +158,28 @@ class LpLayerNormalization(PerExampleLpNormalization):
             )
         return tuple(sorted(resolved))
 
-    def build(self, input_shape: Shape) -> None:
-        ndim = len(input_shape)
-        self._axes = self._normalized_axes(ndim)
-        self._check_known_sizes(input_shape, self._axes, self.axis)
-        shape = tuple(input_shape[a] for a in self._axes)
+    def _build_axes(self, input_shape: Shape) -> tuple[int, ...]:
+        """Check the axes against the input, set the input spec and return the
+        weights' shape.
+
+        The spec names the axes as given, with no rank: as Keras's layer, one
+        built at one rank takes inputs of another (`axis=-1` is then the last
+        axis of each), as long as the sizes on the axes are the built ones.
+        The weights' axes are recorded in their order, so that an input whose
+        rank reorders mixed negative and positive axes gets them transposed.
+        """
+        axes = self._normalized_axes(len(input_shape))
+        self._check_known_sizes(input_shape, axes, self.axis)
+        given = self.axis if isinstance(self.axis, list) else [self.axis]
+        self._weight_axes = sorted(given, key=lambda a: a % len(input_shape))
         self.input_spec = keras.layers.InputSpec(
-            ndim=ndim, axes={a: input_shape[a] for a in self._axes}
+            min_ndim=max(a + 1 if a >= 0 else -a for a in given),
+            axes={a: input_shape[a] for a in given},
         )
+        return tuple(input_shape[a] for a in axes)
+
+    def build(self, input_shape: Shape) -> None:
+        shape = self._build_axes(input_shape)
         # Keras's rule: rms_scaling always has gamma and never beta.
         self._add_affine_weights(
             shape,
@@ -176,11 +192,16 @@ class LpLayerNormalization(PerExampleLpNormalization):
         return input_shape
 
     def _feature_weight(self, variable, ndim):
+        """A weight over the normalized axes, broadcasting against x."""
         if variable is None:
             return None
+        resolved = [a % ndim for a in self._weight_axes]
+        order = sorted(range(len(resolved)), key=resolved.__getitem__)
+        if order != list(range(len(resolved))):
+            variable = ops.transpose(variable, order)
         shape = [1] * ndim
-        for a in self._axes:
-            shape[a] = variable.shape[self._axes.index(a)]
+        for a, size in zip(sorted(resolved), variable.shape, strict=True):
+            shape[a] = size
         return ops.reshape(variable, shape)
 
     def call(
@@ -188,12 +209,13 @@ class LpLayerNormalization(PerExampleLpNormalization):
     ) -> Tensor:
         x = self._working_inputs(inputs)
         ndim = len(x.shape)
-        kept = tuple(i for i in range(ndim) if i not in self._axes)
+        axes = self._normalized_axes(ndim)
+        kept = tuple(i for i in range(ndim) if i not in axes)
         if mask is not None:
             self._check_mask_rank(inputs, mask, "last")
-            mask = self._varying_mask(ops.expand_dims(ops.cast(mask, "bool"), -1), self._axes)
+            mask = self._varying_mask(ops.expand_dims(ops.cast(mask, "bool"), -1), axes)
         center = not self.rms_scaling
-        mean, variance = self._statistics(x, kept, mask, center=center)
+        mean, variance, scale = self._statistics(x, kept, mask, center=center)
         outputs = normalize(
             x,
             mean if center else None,
@@ -201,6 +223,7 @@ class LpLayerNormalization(PerExampleLpNormalization):
             gamma=self._feature_weight(self.gamma, ndim),
             beta=self._feature_weight(self.beta, ndim),
             epsilon=self.epsilon,
+            scale=scale,
         )
         return ops.cast(outputs, self.compute_dtype)
 

@@ -48,6 +48,11 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
             (float16/bfloat16) instead of float32.
         **kwargs: base layer arguments.
 
+    Call arguments:
+        inputs, training: as `LpBatchNormalization`.
+        mask: the input's shape without its last axis, as Keras's; only its
+            true positions enter the mean (see `LpBatchNormalization`).
+
     Variables, in order: `beta` (when `center`), `moving_mean`.
     """
 
@@ -90,12 +95,15 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        mask = self._channel_mask(inputs, mask)
+        reduction = self._reduction()
+        mask = self._channel_mask(inputs, mask, reduction)
         x = self._working_inputs(inputs)
         dtype = statistics_dtype(x.dtype)
         if training and self.trainable:
-            mean = mean_statistics(x, self._channel_axis, mask=mask, reduction=self._reduction())
-            self._update_moving(self.moving_mean, mean)
+            mean, count = mean_statistics(
+                x, self._channel_axis, mask=mask, reduction=reduction, with_count=True
+            )
+            self._update_moving(self.moving_mean, mean, count=count)
         else:
             mean = ops.cast(self.moving_mean, dtype)
         ndim = len(x.shape)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tfnorms._math.reduce import expand_statistics
-from tfnorms._math.stats import lp_statistics
+from tfnorms._math.stats import statistics
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike
 from tfnorms.layers.base import NormalizationLayer
 
@@ -52,12 +52,15 @@ class PerExampleLpNormalization(NormalizationLayer):
         self.autocast = False
 
     def _statistics(self, x, kept, mask, center=True):
-        """Per-example mean and sigma_p**2, expanded to broadcast against x."""
-        mean, variance = lp_statistics(
-            x, kept, p=self.p, top_k=self.top_k, mask=mask, center=center
-        )
+        """Per-example mean, sigma_p**2 and sigma_p (None where it is not
+        computed without squares; see `tfnorms._math.stats.Statistics`),
+        expanded to broadcast against x."""
+        result = statistics(x, kept, p=self.p, top_k=self.top_k, mask=mask, center=center)
         ndim = len(x.shape)
-        return expand_statistics(mean, ndim, kept), expand_statistics(variance, ndim, kept)
+        return tuple(
+            None if value is None else expand_statistics(value, ndim, kept)
+            for value in (result.mean, result.variance, result.scale)
+        )
 
     @staticmethod
     def _varying_mask(mask, reduced):

@@ -11,7 +11,7 @@ import keras
 from tfnorms import axes
 from tfnorms._types import NormReplacement
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
-from tfnorms.tools.options import NORM_OPTIONS, norm_factory, unwrappable, weight_norm_factory
+from tfnorms.tools.options import norm_factories, unwrappable, weight_norm_factory
 from tfnorms.tools.rebuild import Rebuilder, build_like, rebuilt
 from tfnorms.tools.report import Report
 
@@ -98,8 +98,8 @@ def convert_model(
     The opposite of `strip`: every layer with a kernel of the output-unit
     table (`tfnorms.axes`: Dense, Conv*, Conv*Transpose, DepthwiseConv*,
     SeparableConv*, SimpleRNN/LSTM/GRU, 2-D EinsumDense) is wrapped, and
-    every `keras.layers.BatchNormalization` and
-    `keras.layers.LayerNormalization` (those exact classes) is replaced, with
+    every `keras.layers.BatchNormalization`, `keras.layers.LayerNormalization`
+    and `keras.layers.RMSNormalization` (those exact classes) is replaced, with
     the trained weights carried over. It reaches every layer the model
     tracks: in Sequential, functional and nested models, inside
     `TimeDistributed` and `Bidirectional`, and inside custom layers and
@@ -145,10 +145,12 @@ def convert_model(
             `LpBatchNormalization` arguments such as
             `{"p": float("inf"), "top_k": 10}`, or a callable taking the
             BatchNormalization layer. Its configuration (axis, momentum,
-            epsilon, center, scale, initializers, `synchronized`, ...) and
-            the variables of the same names (gamma, beta, moving_mean,
-            moving_variance) are carried over; a replacement without some
-            of them (mean-only has no gamma) drops those.
+            epsilon, center, scale, initializers, `synchronized`, Batch
+            Renormalization's `renorm*`) and the variables of the same names
+            (gamma, beta, moving statistics, renorm statistics) are carried
+            over; a replacement without some of them (mean-only has no gamma)
+            drops those, except `renorm=True`, which mean-only cannot do: that
+            raises a `ValueError` naming the layer.
         layer_filter: optional `layer -> bool`, called with each layer that
             an option would convert (wherever it sits in the model); `False`
             leaves that layer as it is (e.g. skip the final classifier, as
@@ -164,7 +166,10 @@ def convert_model(
             `rms_scaling=True` divides by the centered variance without
             subtracting the mean; the replacement's `rms_scaling=True` is
             the uncentered (RMSNorm) form, so such layers change their outputs
-            even with `"l2"`. `keras.layers.RMSNormalization` is left as it is.
+            even with `"l2"`. Each `keras.layers.RMSNormalization` becomes an
+            `LpRMSNormalization` of the same p (`"l1"`, `"l2"`, `"linf"`, or
+            the dict's arguments), with its axis, epsilon and `scale` weight;
+            a callable replaces LayerNormalization layers only.
         return_report: also return the `Report`: one entry per converted
             layer (its path and what it became), the layers left as they
             were with the reason, and notes. It is logged either way (logger
@@ -178,8 +183,8 @@ def convert_model(
     report = Report("convert_model")
     wrap = weight_norm_factory(weight_norm)
     norms = {
-        NORM_OPTIONS[argument][0]: norm_factory(argument, value)
-        for argument, value in (("batch_norm", batch_norm), ("layer_norm", layer_norm))
+        **norm_factories("batch_norm", batch_norm),
+        **norm_factories("layer_norm", layer_norm),
     }
     if layer_filter is not None and not callable(layer_filter):
         raise ValueError(f"`layer_filter` must be a callable or None; received {layer_filter!r}.")

@@ -19,6 +19,7 @@ from tfnorms.layers.bounded_weight_norm import BoundedWeightNorm
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 from tfnorms.layers.layer_norm import L1LayerNormalization, LpLayerNormalization
 from tfnorms.layers.mean_only_batch_norm import MeanOnlyBatchNormalization
+from tfnorms.layers.rms_norm import LpRMSNormalization
 from tfnorms.layers.weight_norm import NORM_INITIALIZER, CenteredWeightNorm, WeightNormalization
 
 WEIGHT_NORMS: dict[str, Callable[[keras.layers.Layer], KernelNormWrapper]] = {
@@ -42,9 +43,17 @@ _BATCH_NORM_KEYS = (
     "moving_mean_initializer",
     "moving_variance_initializer",
     "synchronized",
+    "renorm",
+    "renorm_clipping",
+    "renorm_momentum",
 )
 _MEAN_ONLY_KEYS = (*_COMMON, "momentum", "moving_mean_initializer", "synchronized")
 _LAYER_NORM_KEYS = (*_COMMON, *_GAMMA, "epsilon", "rms_scaling")
+_RMS_NORM_KEYS = ("name", "dtype", "trainable", "axis", "epsilon")
+# Settings that change what a Keras layer computes, with their neutral
+# values: a replacement that does not take one refuses a layer that sets it,
+# rather than dropping it (mean-only batch norm has no Batch Renormalization).
+_MUST_CARRY = {"renorm": False}
 
 # preset -> (class, its fixed arguments, the Keras config entries it takes)
 BATCH_NORMS: dict[str, tuple[type, dict[str, Any], tuple[str, ...]]] = {
@@ -58,21 +67,40 @@ LAYER_NORMS: dict[str, tuple[type, dict[str, Any], tuple[str, ...]]] = {
     "l2": (LpLayerNormalization, {"p": 2}, _LAYER_NORM_KEYS),
     "linf": (LpLayerNormalization, {"p": "inf"}, _LAYER_NORM_KEYS),
 }
-# The Keras class each option replaces (that exact class), with the
-# arguments of a dict option: those of the "l2" preset's class.
+RMS_NORMS: dict[str, tuple[type, dict[str, Any], tuple[str, ...]]] = {
+    "l1": (LpRMSNormalization, {"p": 1}, _RMS_NORM_KEYS),
+    "l2": (LpRMSNormalization, {"p": 2}, _RMS_NORM_KEYS),
+    "linf": (LpRMSNormalization, {"p": "inf"}, _RMS_NORM_KEYS),
+}
+# The Keras classes each option replaces (those exact classes), each with its
+# presets; a dict option takes the arguments of the "l2" preset's class, a
+# callable replaces the first class only.
 NORM_OPTIONS = {
-    "batch_norm": (keras.layers.BatchNormalization, BATCH_NORMS),
-    "layer_norm": (keras.layers.LayerNormalization, LAYER_NORMS),
+    "batch_norm": ((keras.layers.BatchNormalization, BATCH_NORMS),),
+    "layer_norm": (
+        (keras.layers.LayerNormalization, LAYER_NORMS),
+        (keras.layers.RMSNormalization, RMS_NORMS),
+    ),
 }
 
 
-def norm_factory(argument: str, value: Any) -> Callable[[keras.layers.Layer], Any] | None:
-    """What replaces each layer of the Keras class that option `argument`
-    replaces: the preset's or dict's class built from the layer's config,
-    or the user's callable."""
+def norm_factories(argument: str, value: Any) -> dict[type, Callable[[keras.layers.Layer], Any]]:
+    """Keras class -> what replaces each layer of it, for option `argument`."""
+    factories = {}
+    for index, (replaced, presets) in enumerate(NORM_OPTIONS[argument]):
+        if callable(value) and not isinstance(value, (str, dict)) and index > 0:
+            continue
+        factory = norm_factory(argument, value, replaced, presets)
+        if factory is not None:
+            factories[replaced] = factory
+    return factories
+
+
+def norm_factory(argument, value, replaced, presets):
+    """What replaces each `replaced` layer: the preset's or dict's class
+    built from the layer's config, or the user's callable."""
     if value is None:
         return None
-    replaced, presets = NORM_OPTIONS[argument]
     if callable(value) and not isinstance(value, (str, dict)):
         return value
     if isinstance(value, dict):
@@ -90,6 +118,14 @@ def norm_factory(argument: str, value: Any) -> Callable[[keras.layers.Layer], An
 
     def make(layer):
         config = layer.get_config()
+        for key, neutral in _MUST_CARRY.items():
+            if key not in keys and config.get(key, neutral) != neutral:
+                raise ValueError(
+                    f"convert_model({argument}={value!r}) cannot carry `{key}="
+                    f"{config[key]!r}` of layer '{layer.name}' across: "
+                    f"{cls.__name__} has no `{key}`. Choose another option for "
+                    "this model, or leave the layer out with `layer_filter`."
+                )
         kwargs = {key: config[key] for key in keys if key in config}
         kwargs.update(fixed)
         return cls(**kwargs)
