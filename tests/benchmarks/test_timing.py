@@ -87,9 +87,11 @@ class _Count(keras.layers.Layer):
 def test_a_mirrored_training_step_splits_the_batch_across_the_replicas():
     """Keras's `train_on_batch` hands each replica the whole batch; the
     synchronized rows' step trains on the global batch once."""
-    import tensorflow as tf
+    from layer_checks import mirrored_strategy
 
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    # The one strategy of the test process: a second MirroredStrategy would
+    # reuse its collective keys and collide with the other tests' collectives.
+    strategy = mirrored_strategy()
     with strategy.scope():
         model = bench.compile_model(
             keras.Sequential([keras.Input((3,)), _Count(), keras.layers.Dense(10)]), jit=False
