@@ -14,14 +14,34 @@ $(PY):
 
 venv: $(PY)
 
+# The PyTorch the tests install: pinned, so that the torch pass is reproducible
+# (the `torch` extra leaves the build to users: CPU or CUDA). On a machine
+# without this CPU wheel in its pip cache, PyPI's Linux wheel of torch pulls
+# several GB of CUDA libraries; a small CPU build instead:
+#   make test TORCH_PIP="torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP ?= torch==2.13.0
+
+# The PyTorch pass: the library's tests, where everything backend-sensitive is
+# (the examples, docs and benchmarks tests ran on TensorFlow and JAX; on PyTorch
+# they would repeat the same library code), with the two-process torch.distributed
+# tests and the .keras files across the three backends. torch.compile is slow to
+# trace a model (minutes for the zoos): the kernel-kind zoos and plain WN are not
+# compiled there; the CWN, BWN, data_init and per-example models are.
+TORCH_TESTS := tests/library \
+	--deselect tests/library/test_kernel_kinds.py::test_jit_compile \
+	--deselect "tests/library/test_weight_norm.py::test_jit_compile[wn]"
+
 # ruff, then the whole suite on TensorFlow, then the backend-agnostic tests on JAX
-# (less the few marked slow, which train whole zoo models: they ran on TensorFlow).
+# and on PyTorch (less the few marked slow, which train whole zoo models: they ran
+# on TensorFlow).
 test: $(PY)
 	$(PIP) install -q -e ".[tensorflow-cpu,jax,test]"
+	$(PIP) install -q $(TORCH_PIP)
 	$(PY) -m ruff check tfnorms tests examples benchmarks scripts
 	$(PY) -m ruff format --check tfnorms tests examples benchmarks scripts
 	KERAS_BACKEND=tensorflow $(PY) -m pytest -n 2 --durations=15 tests
 	KERAS_BACKEND=jax $(PY) -m pytest -n 2 --durations=15 -m "not tensorflow_only and not slow" tests
+	KERAS_BACKEND=torch $(PY) -m pytest -n 2 --durations=15 -m "not tensorflow_only and not slow" $(TORCH_TESTS)
 
 # The main job: the digits comparison of every normalization.
 demo: $(PY)

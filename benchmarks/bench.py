@@ -47,6 +47,12 @@ from timing import (  # noqa: E402
     tf_cpu_step_bytes,
 )
 
+# The Keras backends timed. On PyTorch the step runs eagerly: `jit_compile=True`
+# is `torch.compile`, whose code generation takes minutes per model; its
+# synchronized layers need `torch.distributed` processes, which the bench does
+# not start (tests/library/test_distribute_torch.py checks them).
+BACKENDS = ("tensorflow", "jax", "torch")
+
 
 class Config(NamedTuple):
     """One configuration: a worker process builds and times its candidates."""
@@ -76,12 +82,14 @@ DEFAULT_MATRIX = [
     Config("tensorflow", "mlp", False, "mixed_float16"),
     Config("tensorflow", "resnet20", False, "float32"),
     Config("jax", "mlp", True, "float32"),
+    Config("torch", "mlp", False, "float32"),
     *SYNC_MATRIX,
 ]
 EXTENDED_MATRIX = DEFAULT_MATRIX + [
     Config("tensorflow", "resnet20", True, "float32"),
     Config("jax", "mlp", True, "mixed_float16"),
     Config("jax", "resnet20", True, "float32"),
+    Config("torch", "resnet20", False, "float32"),
 ]
 
 
@@ -520,9 +528,7 @@ def build_parser():
     parser.add_argument("--steps", type=int, default=20, help="timed steps (default 20)")
     parser.add_argument("--warmup", type=int, default=3, help="warm-up steps (default 3)")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument(
-        "--backends", nargs="+", choices=["tensorflow", "jax"], default=["tensorflow", "jax"]
-    )
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
     breadth = parser.add_mutually_exclusive_group()
     breadth.add_argument(
         "--extended",
@@ -600,11 +606,11 @@ def chosen_matrix(args):
     elif args.full:
         matrix = [
             Config(b, m, j, p)
-            for b in ("tensorflow", "jax")
+            for b in BACKENDS
             for m in ("resnet20", "mlp")
             for j in (False, True)
             for p in ("float32", "mixed_float16")
-            if not (b == "jax" and not j)
+            if not (b == "jax" and not j) and not (b == "torch" and j)
         ] + SYNC_MATRIX
     else:
         matrix = EXTENDED_MATRIX if args.extended else DEFAULT_MATRIX
@@ -640,7 +646,7 @@ def run_worker(backend, replicas, configs, args):
 
 def _versions():
     versions = {}
-    for module in ("keras", "tensorflow", "jax"):
+    for module in ("keras", *BACKENDS):
         try:
             versions[module] = __import__(module).__version__
         except ImportError:

@@ -46,7 +46,8 @@ def keras_runners(model, x, y, train=True):
     `tf.distribute` strategy with several replicas trains on the batch split
     across them (`mirrored_train_step`)."""
     train_step = None
-    if train and model.distribute_strategy.num_replicas_in_sync > 1:
+    strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only
+    if train and strategy is not None and strategy.num_replicas_in_sync > 1:
         train_step = mirrored_train_step(model, x, y)
     elif train:
         train_step = lambda: model.train_on_batch(x, y)  # noqa: E731

@@ -1,10 +1,11 @@
 """Cross-replica reductions for synchronized statistics.
 
-The one TensorFlow-specific module of the package (docs/design.md,
-"Distribution"). The layers hand `reduction(synchronized)` to the pure
-statistics functions of `tfnorms._math.stats`; it wraps `cross_replica_reduce`
-when they are synchronized and run in a replica context of a `tf.distribute`
-strategy with more than one replica (`MirroredStrategy`,
+The TensorFlow-specific module of the package (docs/design.md,
+"Distribution"; its PyTorch counterpart is `tfnorms.distribute_torch`).
+The layers hand `reduction(synchronized)` to the pure statistics functions
+of `tfnorms._math.stats`; it wraps `cross_replica_reduce` when they are
+synchronized and run in a replica context of a `tf.distribute` strategy
+with more than one replica (`MirroredStrategy`,
 `MultiWorkerMirroredStrategy`, ...).
 
 Design:
@@ -21,6 +22,9 @@ Design:
   those tensors is the all-gather. It rides in the same collective as the
   sums, and its gradient is again one all-reduce (TensorFlow's
   `all_gather` gradient adds two collectives to the backward pass).
+- On the PyTorch backend, `tfnorms.distribute_torch` does the same over the
+  processes of an initialized `torch.distributed` process group (one
+  differentiable `all_reduce`); without one, nothing is reduced.
 - On the JAX backend, and with no strategy or one replica, nothing is
   reduced: the layers then compute the statistics of the batch they see. On
   JAX that is already the global batch when the training step is jitted
@@ -105,7 +109,13 @@ def cross_replica_reduce(sums=(), gathers=(), context=None):
 def reduction(synchronized):
     """The `reduction` argument of the statistics (`tfnorms._math.stats`): a
     `Replicated` over this module's collective when `synchronized` and there
-    are replicas to reduce over, else `LOCAL` (the statistics of this batch)."""
+    are replicas to reduce over, else `LOCAL` (the statistics of this batch).
+    On the PyTorch backend, `tfnorms.distribute_torch.reduction`: the
+    processes of an initialized `torch.distributed` process group."""
+    if synchronized and keras.backend.backend() == "torch":
+        from tfnorms import distribute_torch
+
+        return distribute_torch.reduction(synchronized)
     context = replica_context() if synchronized else None
     if context is None:
         return replicas.LOCAL

@@ -235,7 +235,9 @@ def test_cwn_gradient_is_centered_and_orthogonal_per_unit(kind, rng):
     weights = rng.normal(size=call(wrapper, x).shape)
     variables = inner_variables(wrapper)
     kernels = [variables[name] for name in unit_table]
-    _, grads = loss_and_gradients(wrapper, x, lambda out: keras.ops.sum(out * weights), kernels)
+    _, grads = loss_and_gradients(
+        wrapper, x, lambda out: keras.ops.sum(keras.ops.multiply(out, weights)), kernels
+    )
     effective = wrapper.effective_kernels()
     for (name, unit_axes), grad in zip(unit_table.items(), grads, strict=True):
         w = to_numpy(effective[name])

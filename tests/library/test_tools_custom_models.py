@@ -31,7 +31,7 @@ def count(model, cls):
 
 def randomize(model, rng):
     for variable in model.trainable_variables:  # as after training
-        variable.assign(variable.value + 0.2 * rng.normal(size=variable.shape))
+        variable.assign(to_numpy(variable) + 0.2 * rng.normal(size=variable.shape))
 
 
 MODELS = {

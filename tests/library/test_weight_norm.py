@@ -167,7 +167,7 @@ def test_per_unit_gain_keeps_total_norm_fixed_while_training(inner_name, rng):
 # ---------------------------------------------------------------- gradients
 def _projection_loss(seed, shape):
     weights = np.random.default_rng(seed).normal(size=shape)
-    return lambda out: keras.ops.sum(out * weights), weights
+    return lambda out: keras.ops.sum(keras.ops.multiply(out, weights)), weights
 
 
 @pytest.mark.parametrize("wrapper_name", ["cwn", "wn", "bwn", "bwn_gain"])

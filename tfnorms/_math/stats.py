@@ -91,6 +91,7 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
     deviations: one pass and one collective. Uncentered, one pass.
     """
     p = float(p)
+    x = ops.convert_to_tensor(x)
     ndim = len(x.shape)
     dtype = statistics_dtype(x.dtype)
     if mask is not None:

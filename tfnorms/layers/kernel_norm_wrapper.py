@@ -26,8 +26,9 @@ from tfnorms._types import Shape, Tensor
 def call_kind(inputs: Any) -> str:
     """How a layer is being called: `"eager"` (on values), `"symbolic"`
     (Keras working out output shapes, as when it builds a model: no data) or
-    `"traced"` (inside `tf.function`, `jit_compile`, `jax.jit`, or a Keras
-    wrapper that traces its inner layer, such as `TimeDistributed`)."""
+    `"traced"` (inside `tf.function`, `jit_compile`, `jax.jit`,
+    `torch.compile`, or a Keras wrapper that traces its inner layer, such as
+    `TimeDistributed`)."""
     # Keras has no public test for its shape-inference pass; without it, a
     # model being built would look traced.
     from keras.src.backend.common.symbolic_scope import in_symbolic_scope
@@ -43,6 +44,10 @@ def call_kind(inputs: Any) -> str:
         import jax
 
         return "traced" if any(isinstance(x, jax.core.Tracer) for x in _leaves(inputs)) else "eager"
+    if backend == "torch":
+        import torch
+
+        return "traced" if torch.compiler.is_compiling() else "eager"
     return "eager"
 
 
@@ -218,7 +223,9 @@ class KernelNormWrapper(keras.layers.Wrapper):
 
     # ---------------------------------------- recurrent layers and cells
     def _recurrent_attribute(self, name):
-        layer = self.__dict__.get("layer")
+        # Not `self.layer`, which recurses before __init__ has set it. Keras's
+        # torch backend keeps it in torch.nn.Module's `_modules`.
+        layer = self.__dict__.get("layer") or self.__dict__.get("_modules", {}).get("layer")
         if layer is None or not hasattr(layer, name):
             raise AttributeError(
                 f"{type(self).__name__} '{self.name}' wraps "

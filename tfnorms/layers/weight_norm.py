@@ -12,6 +12,7 @@ from typing import Any
 
 import keras
 from keras import ops
+from keras.src.backend.common.variables import AutocastScope
 
 from tfnorms import _validation, axes
 from tfnorms._math.data_init import standardizing_update, unit_moments
@@ -149,12 +150,16 @@ class CenteredWeightNorm(KernelNormWrapper):
         bias = getattr(inner, "bias", None)
         if not (isinstance(bias, keras.Variable) and math.prod(bias.shape) == units):
             bias = None
-        g, b = standardizing_update(
-            scale.value, None if bias is None else bias.value, mean, variance
-        )
-        scale.assign(ops.cast(g, scale.dtype))
-        if bias is not None:
-            bias.assign(ops.cast(ops.reshape(b, bias.shape), bias.dtype))
+        # Outside any autocast scope (TimeDistributed's under mixed precision):
+        # the float32 values themselves. Keras's torch backend would assign
+        # into a float16 copy there, and the assignment would be lost.
+        with AutocastScope(None):
+            g, b = standardizing_update(
+                scale.value, None if bias is None else bias.value, mean, variance
+            )
+            scale.assign(ops.cast(g, scale.dtype))
+            if bias is not None:
+                bias.assign(ops.cast(ops.reshape(b, bias.shape), bias.dtype))
         self.mark_data_initialized()
 
     def mark_data_initialized(self) -> None:
@@ -229,9 +234,11 @@ class WeightNormalization(CenteredWeightNorm):
     Args:
         layer: the layer to wrap (the kinds of `CenteredWeightNorm`).
         data_init: initialize `g` and the bias from the first batch.
-        scale, scale_initializer, scale_regularizer, scale_constraint,
-            epsilon: as in `CenteredWeightNorm` (keyword-only);
-            `scale_initializer` defaults to `"norm"`.
+        scale: as in `CenteredWeightNorm` (keyword-only, as are the rest).
+        scale_initializer: as in `CenteredWeightNorm`, but defaults to
+            `"norm"`.
+        **kwargs: `scale_regularizer`, `scale_constraint`, `epsilon` as in
+            `CenteredWeightNorm`, and the base `Layer` arguments.
 
     Example:
 

@@ -52,7 +52,46 @@ def _bookkeeping() -> frozenset[str]:
         keras.Model(inputs, keras.layers.Identity()(inputs)),
         keras.Sequential([keras.layers.Identity()]),
     ]
-    return frozenset(name for layer in plain for name in vars(layer))
+    return frozenset(name for layer in plain for name, _ in _attributes(layer))
+
+
+def _attributes(layer: keras.layers.Layer) -> list[tuple[str, Any]]:
+    """`(name, value)` of every attribute of `layer`, in the order they were set.
+
+    On Keras's torch backend layers are `torch.nn.Module`s, and torch keeps
+    the attributes that hold a layer apart from the others (in `_modules`,
+    in their own order). Each goes back among the others at the time Keras
+    tracked its layer; one that holds a layer tracked before (a second name
+    for it) just before the next such attribute with a layer of its own.
+    """
+    items = [(k, v) for k, v in vars(layer).items() if k != "_modules"]
+    modules = list(vars(layer).get("_modules", {}).items())
+    if not modules:
+        return items
+    tracked = {}  # id -> the index at which Keras first tracked the layer
+    for index, held in enumerate(getattr(layer, "_layers", [])):
+        tracked.setdefault(id(held), index)
+    end = float(len(tracked))
+
+    def first_tracked(value):
+        indices = [tracked.get(id(c.layer), end) for c in _layers_in(value, ())]
+        return min(indices, default=end)
+
+    times = [first_tracked(value) for _, value in items]
+    module_times, seen = [], set()
+    for _, value in modules:
+        module_times.append(None if id(value) in seen else tracked.get(id(value)))
+        seen.add(id(value))
+    following = end + 1.0
+    for i in reversed(range(len(modules))):  # a second name: before the next one
+        if module_times[i] is None:
+            module_times[i] = following - 0.5
+        following = module_times[i]
+    order = sorted(
+        [(time, 0, i) for i, time in enumerate(times)]
+        + [(time, 1, i) for i, time in enumerate(module_times)]
+    )
+    return [(items, modules)[kind][i] for _, kind, i in order]
 
 
 def _layers_in(value: Any, steps: Steps) -> Iterator[Child]:
@@ -85,7 +124,7 @@ def children(layer: keras.layers.Layer) -> list[Child]:
             if not isinstance(child, keras.layers.InputLayer):
                 found.append(Child(("layers", index), child))
     skip = _bookkeeping()
-    for name, value in vars(layer).items():
+    for name, value in _attributes(layer):
         if name not in skip:
             found.extend(_layers_in(value, (name,)))
     return found
