@@ -141,11 +141,14 @@ def test_each_backend_and_replica_count_gets_a_worker(monkeypatch):
         ("tensorflow", 2),
         ("jax", 1),
         ("jax", 2),
+        ("torch", 1),
     ]
     assert all({c[4] for c in configs} == {configs[0][4]} for configs, _ in calls)
     flags = [env.get("XLA_FLAGS") for _, env in calls]
-    assert flags == [None, None, None, "--xla_force_host_platform_device_count=2"]
-    assert [env["KERAS_BACKEND"] for _, env in calls] == ["tensorflow"] * 2 + ["jax"] * 2
+    assert flags == [None, None, None, "--xla_force_host_platform_device_count=2", None]
+    assert [env["KERAS_BACKEND"] for _, env in calls] == ["tensorflow"] * 2 + ["jax"] * 2 + [
+        "torch"
+    ]
     assert len(results) == len(bench.DEFAULT_MATRIX)
 
 

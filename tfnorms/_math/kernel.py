@@ -42,6 +42,25 @@ def unit_normalize(v, reduce_axes, center, epsilon):
     return v * ops.rsqrt(squared_norm + epsilon)
 
 
+def unit_factors(v, scale, reduce_axes, broadcast_shape, center, epsilon):
+    """`(mean, factor)` with `W = (v - mean) * factor`, each of
+    `broadcast_shape`: the per-unit statistics of `weight_norm_kernel`
+    (`mean` is None without centering), for computing `x @ W` without `W`.
+
+    Autodiff, where XLA fuses it into a pass over `v` forward and one
+    backward. The squared norm's centering is a constant to autodiff: its
+    gradient through the mean is `-2 * sum(v - mean) = 0`, and without it
+    autodiff would add a reduction pass over `v` to compute that zero.
+    """
+    reduce_axes = tuple(reduce_axes)
+    mean = ops.sum(v, axis=reduce_axes, keepdims=True) / _count(v.shape, reduce_axes)
+    centered = v - ops.stop_gradient(mean) if center else v
+    factor = ops.rsqrt(ops.sum(ops.square(centered), axis=reduce_axes, keepdims=True) + epsilon)
+    if scale is not None:
+        factor = factor * (scale if len(scale.shape) == 0 else ops.reshape(scale, broadcast_shape))
+    return (mean if center else None), factor
+
+
 def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
     """The effective kernel `W` of (centered) weight normalization.
 
@@ -83,12 +102,19 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            unit = (v - mean if center else v) * inverse_norm  # w_hat, recomputed
-            projection = ops.sum(upstream * unit, axis=reduce_axes, keepdims=True)
-            residual = upstream - unit * projection
+            # factor * (upstream - w_hat * projection - mean(upstream)), with
+            # w_hat = centered * inverse_norm recomputed, written as
+            # factor * upstream - centered * (per-unit) - (per-unit): the
+            # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
+            centered = v - mean if center else v
+            projection = inverse_norm * ops.sum(
+                upstream * centered, axis=reduce_axes, keepdims=True
+            )
+            along_unit = centered * (factor * inverse_norm * projection)
             if center:
-                residual = residual - ops.sum(upstream, axis=reduce_axes, keepdims=True) / count
-            grad_v = factor * residual
+                upstream_mean = ops.sum(upstream, axis=reduce_axes, keepdims=True) / count
+                along_unit = along_unit + factor * upstream_mean
+            grad_v = factor * upstream - along_unit
             if not scale:
                 return grad_v
             if len(scale[0].shape) == 0:

@@ -8,7 +8,7 @@ import keras
 from keras import ops
 
 from tfnorms import _validation
-from tfnorms._math.kernel import fixed_frobenius_gain, weight_norm_kernel
+from tfnorms._math.kernel import fixed_frobenius_gain
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 
 
@@ -89,20 +89,11 @@ class BoundedWeightNorm(KernelNormWrapper):
                 trainable=True,
             )
 
-    def _effective_kernel(self, variable, kernel_axes):
+    def _kernel_scale(self, kernel_axes):
         rho = self._rhos[kernel_axes.name].value
         if self.per_unit_gain:
-            scale = fixed_frobenius_gain(self._gains[kernel_axes.name].value, rho, self.epsilon)
-        else:
-            scale = rho
-        return weight_norm_kernel(
-            variable.value,
-            scale,
-            kernel_axes.reduce_axes,
-            kernel_axes.broadcast_shape(variable.shape),
-            center=False,
-            epsilon=self.epsilon,
-        )
+            return fixed_frobenius_gain(self._gains[kernel_axes.name].value, rho, self.epsilon)
+        return rho
 
     def rho_variables(self) -> dict[str, keras.Variable]:
         """`{kernel name: rho}` (rho_F with `per_unit_gain=True`)."""

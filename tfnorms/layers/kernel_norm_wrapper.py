@@ -19,8 +19,9 @@ import numpy as np
 from keras import ops
 
 from tfnorms import _validation, axes
-from tfnorms._math.kernel import center_kernel, unit_norms
+from tfnorms._math.kernel import center_kernel, unit_factors, unit_norms, weight_norm_kernel
 from tfnorms._types import Shape, Tensor
+from tfnorms.layers import kernel_free
 
 
 def call_kind(inputs: Any) -> str:
@@ -60,7 +61,8 @@ class KernelNormWrapper(keras.layers.Wrapper):
 
     Subclasses implement `_build_kernel_parameters(variable, kernel_axes)`
     (create their variables for one kernel, in a fixed order) and
-    `_effective_kernel(variable, kernel_axes)`.
+    `_kernel_scale(kernel_axes)` (the per-unit or scalar scale of
+    `W = scale * V_hat / ||V_hat||`, or None), and set `_centers_kernels`.
 
     Recurrent layers: a wrapped SimpleRNN/LSTM/GRU layer exposes the inner
     layer's `return_sequences`, `return_state`, `go_backwards`, `stateful`,
@@ -138,8 +140,23 @@ class KernelNormWrapper(keras.layers.Wrapper):
         for variable, initializer in self._kernel_dependent:
             variable.assign(initializer(variable.shape, variable.dtype))
 
-    def _effective_kernel(self, variable, kernel_axes):
+    # Whether V_hat is V minus each unit's mean (CWN) or V itself.
+    _centers_kernels = False
+
+    def _kernel_scale(self, kernel_axes):
         raise NotImplementedError
+
+    def _kernel_arguments(self, variable, kernel_axes):
+        return dict(
+            scale=self._kernel_scale(kernel_axes),
+            reduce_axes=kernel_axes.reduce_axes,
+            broadcast_shape=kernel_axes.broadcast_shape(variable.shape),
+            center=self._centers_kernels,
+            epsilon=self.epsilon,
+        )
+
+    def _effective_kernel(self, variable, kernel_axes):
+        return weight_norm_kernel(variable.value, **self._kernel_arguments(variable, kernel_axes))
 
     @staticmethod
     def _parameter_name(kernel_name, suffix):
@@ -188,6 +205,13 @@ class KernelNormWrapper(keras.layers.Wrapper):
         mask: Tensor | None = None,
         **kwargs: Any,
     ) -> Any:
+        if not args and kernel_free.supports(self.layer):
+            if kernel_free.pays(self.layer.compute_dtype):
+                ((variable, kernel_axes),) = self._kernels
+                arguments = self._kernel_arguments(variable, kernel_axes)
+                mean, factor = unit_factors(variable.value, **arguments)
+                inputs = ops.cast(inputs, self.layer.compute_dtype)
+                return kernel_free.call(self.layer, inputs, variable.value, mean, factor)
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         kernels = {
             id(variable): self._effective_kernel(variable, kernel_axes)

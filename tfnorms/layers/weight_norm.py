@@ -16,7 +16,6 @@ from keras.src.backend.common.variables import AutocastScope
 
 from tfnorms import _validation, axes
 from tfnorms._math.data_init import standardizing_update, unit_moments
-from tfnorms._math.kernel import weight_norm_kernel
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Tensor
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind
 
@@ -102,16 +101,13 @@ class CenteredWeightNorm(KernelNormWrapper):
             scale = self.add_weight(initializer=self.scale_initializer, **options)
         self._scales[kernel_axes.name] = scale
 
-    def _effective_kernel(self, variable, kernel_axes):
+    @property
+    def _centers_kernels(self) -> bool:
+        return self.center
+
+    def _kernel_scale(self, kernel_axes):
         scale = self._scales.get(kernel_axes.name)
-        return weight_norm_kernel(
-            variable.value,
-            None if scale is None else scale.value,
-            kernel_axes.reduce_axes,
-            kernel_axes.broadcast_shape(variable.shape),
-            center=self.center,
-            epsilon=self.epsilon,
-        )
+        return None if scale is None else scale.value
 
     def scale_variables(self) -> dict[str, keras.Variable]:
         """`{kernel name: g}` (empty with `scale=False`)."""
@@ -165,10 +161,6 @@ class CenteredWeightNorm(KernelNormWrapper):
     def mark_data_initialized(self) -> None:
         """Record that `g` and the bias hold initialized values (only
         `WeightNormalization(data_init=True)` keeps that record)."""
-
-    def _mark_data_initialized(self) -> None:
-        # The name tools/addons.py calls (from before this method was public).
-        self.mark_data_initialized()
 
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()

@@ -334,17 +334,6 @@ def _match_weights(target_layer, variables, saved, path):
     return pairs
 
 
-def _mark_initialized(wrapper):
-    """Record, where the wrapper keeps such state, that its scale is already
-    set, so that a later data-dependent initialization leaves it alone."""
-    if hasattr(wrapper, "_mark_data_initialized"):
-        wrapper._mark_data_initialized()
-        return
-    flag = getattr(wrapper, "_initialized", None)
-    if isinstance(flag, keras.Variable):
-        _assign(flag, True)
-
-
 def _check(layer, saved, path):
     """Raise unless `saved` fits `layer`; returns the (variable, value) pairs."""
     if not isinstance(layer, KernelNormWrapper):
@@ -373,7 +362,10 @@ def _load_wrapper(wrapper, pairs):
         _assign(variable, w)
         scale = scales[kernel_axes.name]
         _assign(scale, norms.reshape(tuple(scale.shape)))
-    _mark_initialized(wrapper)
+    # So that a later data-dependent initialization leaves the scale alone
+    # (the weight-norm wrappers; BoundedWeightNorm has no such state).
+    if hasattr(wrapper, "mark_data_initialized"):
+        wrapper.mark_data_initialized()
 
 
 def load_addons_weights(

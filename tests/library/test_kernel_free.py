@@ -1,0 +1,183 @@
+"""The weight-norm wrappers' kernel-free path (tfnorms/layers/kernel_free.py).
+
+For Dense and ConvND the wrappers may compute `(x @ V - (x @ 1) mean) * factor`
+instead of forming `W`. Both paths must compute the same function: outputs and
+gradients (input, V, g or rho, bias) of the kernel-free path equal the
+kernel-forming path's, for every wrapper and every layer kind it takes, in
+float32 and under mixed precision; and the path is taken where it is meant to
+be (under XLA) and nowhere else.
+"""
+
+import keras
+import numpy as np
+import pytest
+from layer_checks import call_gradients, is_tensorflow, to_numpy
+
+import tfnorms
+from tfnorms.layers import kernel_free
+
+WRAPPERS = {
+    "cwn": lambda layer: tfnorms.CenteredWeightNorm(layer, scale_initializer="norm"),
+    "wn": tfnorms.WeightNormalization,
+    "cwn_no_scale": lambda layer: tfnorms.CenteredWeightNorm(layer, scale=False),
+    "bwn": tfnorms.BoundedWeightNorm,
+    "bwn_gain": lambda layer: tfnorms.BoundedWeightNorm(layer, per_unit_gain=True),
+}
+# (layer factory, input shape without the batch)
+LAYERS = {
+    "dense": (lambda: keras.layers.Dense(5, activation="tanh"), (7,)),
+    "dense_3d_input": (lambda: keras.layers.Dense(4, use_bias=False), (3, 6)),
+    "conv1d_causal_dilated": (
+        lambda: keras.layers.Conv1D(4, 3, padding="causal", dilation_rate=2, activation="relu"),
+        (9, 3),
+    ),
+    "conv2d_strided": (lambda: keras.layers.Conv2D(6, 3, strides=2, padding="same"), (7, 7, 2)),
+    "conv2d_valid": (lambda: keras.layers.Conv2D(3, (2, 3)), (5, 6, 4)),
+    "conv3d": (lambda: keras.layers.Conv3D(2, 2), (4, 4, 3, 2)),
+}
+
+
+def forced(monkeypatch, value):
+    monkeypatch.setattr(kernel_free, "pays", lambda compute_dtype: value)
+
+
+def randomized_wrapper(wrapper_name, layer_name, rng):
+    make_layer, shape = LAYERS[layer_name]
+    wrapper = WRAPPERS[wrapper_name](make_layer())
+    wrapper.build((None, *shape))
+    for variable in wrapper.trainable_variables:  # as after training: biases, means
+        variable.assign(to_numpy(variable) + 0.3 * rng.normal(size=variable.shape))
+    x = rng.normal(size=(3, *shape)).astype("float32")
+    return wrapper, x
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+@pytest.mark.parametrize("wrapper_name", sorted(WRAPPERS))
+def test_kernel_free_path_equals_the_kernel_forming_path(
+    wrapper_name, layer_name, rng, monkeypatch
+):
+    """Same outputs, input gradient and variable gradients on both paths."""
+    assert kernel_free.supports(LAYERS[layer_name][0]())
+    wrapper, x = randomized_wrapper(wrapper_name, layer_name, rng)
+    weights = rng.normal(size=to_numpy(wrapper(x)).shape)
+
+    def loss(out):
+        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(out, "float32"), weights))
+
+    results = {}
+    for path in (True, False):
+        forced(monkeypatch, path)
+        results[path] = (to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss))
+    (out, value, dx, grads), (out_w, value_w, dx_w, grads_w) = results[True], results[False]
+    np.testing.assert_allclose(out, out_w, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(value, value_w, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(dx, dx_w, rtol=1e-4, atol=1e-5)
+    assert len(grads) == len(grads_w) == len(wrapper.trainable_variables)
+    for variable, grad, grad_w in zip(wrapper.trainable_variables, grads, grads_w, strict=True):
+        np.testing.assert_allclose(grad, grad_w, rtol=1e-4, atol=1e-4, err_msg=variable.path)
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_keeps_the_output_dtype_and_values(policy, rng, monkeypatch):
+    """Under mixed precision the kernel-free path computes in the compute
+    dtype, like the inner layer, to the same values (to that precision)."""
+    keras.config.set_dtype_policy(policy)
+    wrapper, x = randomized_wrapper("cwn", "conv2d_strided", rng)
+    forced(monkeypatch, True)
+    free = wrapper(x)
+    forced(monkeypatch, False)
+    forming = wrapper(x)
+    assert keras.backend.standardize_dtype(free.dtype) == wrapper.compute_dtype
+    tolerance = 0.05 if policy == "mixed_bfloat16" else 5e-3
+    np.testing.assert_allclose(
+        to_numpy(free).astype("float32"), to_numpy(forming).astype("float32"),
+        rtol=tolerance, atol=tolerance,
+    )  # fmt: skip
+
+
+def test_zero_kernel_stays_finite(monkeypatch):
+    """A zero kernel (epsilon inside the square root) gives the bias and
+    finite gradients on the kernel-free path too."""
+    forced(monkeypatch, True)
+    wrapper = tfnorms.CenteredWeightNorm(keras.layers.Dense(3, kernel_initializer="zeros"))
+    x = np.ones((2, 4), "float32")
+    wrapper.build(x.shape)
+    _, dx, grads = call_gradients(wrapper, x, keras.ops.sum)
+    assert np.all(to_numpy(wrapper(x)) == 0)
+    assert np.all(np.isfinite(dx)) and all(np.all(np.isfinite(g)) for g in grads)
+
+
+@pytest.mark.parametrize(
+    "make_layer",
+    [
+        lambda: keras.layers.Conv2D(4, 3, groups=2),
+        lambda: keras.layers.Conv2DTranspose(4, 3),
+        lambda: keras.layers.DepthwiseConv2D(3),
+        lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=4),
+        lambda: keras.layers.LSTM(3),
+        lambda: keras.layers.Dense(3, activity_regularizer="l2"),
+    ],
+    ids=["grouped_conv", "conv_transpose", "depthwise", "einsum_dense", "lstm", "activity_reg"],
+)
+def test_other_layers_keep_the_kernel_forming_path(make_layer):
+    assert not kernel_free.supports(make_layer())
+
+
+def test_a_subclass_keeps_the_kernel_forming_path():
+    """A subclass of Dense may compute something else in `call`."""
+
+    class ScaledDense(keras.layers.Dense):
+        def call(self, inputs):
+            return 2.0 * super().call(inputs)
+
+    assert kernel_free.supports(keras.layers.Dense(3))
+    assert not kernel_free.supports(ScaledDense(3))
+
+
+def test_the_path_is_taken_under_xla_only():
+    """JAX: always (its steps are compiled); TensorFlow: in an XLA-compiled
+    function only; PyTorch: never (eager is faster with W formed); and
+    never in float16, where `x @ V` could overflow."""
+    backend = keras.backend.backend()
+    assert not kernel_free.pays("float16")
+    if backend == "jax":
+        assert kernel_free.pays("float32") and kernel_free.pays("bfloat16")
+    elif backend == "torch":
+        assert not kernel_free.pays("float32")
+    else:
+        import tensorflow as tf
+
+        assert not kernel_free.pays("float32")  # eager
+        seen = {}
+
+        def probe(jit):
+            seen[jit] = kernel_free.pays("float32")
+            return tf.constant(0.0)
+
+        tf.function(lambda: probe(True), jit_compile=True)()
+        tf.function(lambda: probe(False))()
+        assert seen == {True: True, False: False}
+
+
+@pytest.mark.skipif(not is_tensorflow(), reason="compares TensorFlow's XLA and graph steps")
+def test_jit_compiled_fit_matches_the_graph_fit(rng):
+    """`fit` with `jit_compile=True` (kernel-free) and without (W formed)
+    end at the same weights."""
+    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+    y = rng.normal(size=(32, 2)).astype("float32")
+    final = {}
+    for jit in (True, False):
+        keras.utils.set_random_seed(3)
+        model = keras.Sequential(
+            [
+                keras.Input((8, 8, 3)),
+                tfnorms.CenteredWeightNorm(keras.layers.Conv2D(4, 3, activation="relu")),
+                keras.layers.Flatten(),
+                tfnorms.WeightNormalization(keras.layers.Dense(2)),
+            ]
+        )
+        model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", jit_compile=jit)
+        model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
+        final[jit] = model.get_weights()
+    for a, b in zip(final[True], final[False], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
