@@ -39,6 +39,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "examples"))  # the ResNet of examples/cifar10
 
+import multiworker  # noqa: E402
 from timing import (  # noqa: E402
     alternate,
     jax_runners,
@@ -62,6 +63,7 @@ class Config(NamedTuple):
     jit: bool
     policy: str
     replicas: int = 1  # > 1: the synchronized batch norms over that many devices
+    workers: int = 1  # > 1: those replicas in as many processes (MultiWorkerMirroredStrategy)
 
 
 # The synchronized rows (docs/distributed.md): TensorFlow without jit, since
@@ -69,6 +71,7 @@ class Config(NamedTuple):
 # the step is always compiled.
 SYNC_MATRIX = [
     Config("tensorflow", "cnn", False, "float32", 2),
+    Config("tensorflow", "cnn", False, "float32", 2, workers=2),
     Config("jax", "cnn", True, "float32", 2),
 ]
 # The default matrix: each axis (both models, jit off and on, float32 and
@@ -291,6 +294,8 @@ def replica_scope(replicas):
         return keras.distribution.DataParallel(devices=devices).scope()
     import tensorflow as tf
 
+    if multiworker.WORKERS == replicas and os.environ.get("TF_CONFIG"):
+        return MULTI_WORKER[0].scope()
     cpus = [d.name for d in tf.config.list_logical_devices("CPU")][:replicas]
     assert len(cpus) == replicas, f"TensorFlow sees {len(cpus)} CPUs, not {replicas}"
     return tf.distribute.MirroredStrategy(devices=cpus).scope()
@@ -310,7 +315,14 @@ def run_configuration(model_name, jit, policy, steps, warmup, replicas=1):
     with replica_scope(replicas):
         for group, factories in candidates(model_name, replicas).items():
             measured = time_group(
-                factories, x, y, jit, steps, warmup, infer=replicas == 1, tf_memory=replicas > 1
+                factories,
+                x,
+                y,
+                jit,
+                steps,
+                warmup,
+                infer=replicas == 1,
+                tf_memory=replicas > 1 and not MULTI_WORKER,  # workers must run step for step
             )
             rows += group_rows(group, measured)
     return rows
@@ -413,6 +425,8 @@ def worst_ratio(config, groups, names, key):
     tag = [config["model"], config["backend"], f"jit={config['jit']}", config["policy"]]
     if config.get("replicas", 1) > 1:
         tag.append(f"{config['replicas']} replicas")
+        if "MultiWorker" in config.get("distribution", ""):
+            tag.append("in 2 processes")
     if len(values) > 1:
         tag.append(name)
     return ratio, f"{ratio:.3f} ({' '.join(tag)})"
@@ -437,7 +451,8 @@ def format_report(results, meta, notes=None):
         + (f" (wall time {meta['wall_minutes']:.1f} min)" if "wall_minutes" in meta else "")
         + ": "
         f"{meta['machine']}, Python {meta['python']}, Keras {meta['keras']}, "
-        f"TensorFlow {meta['tensorflow']}, JAX {meta['jax']}. Median of {meta['steps']} timed "
+        f"TensorFlow {meta['tensorflow']}, JAX {meta['jax']}, PyTorch {meta.get('torch', '–')}. "
+        f"Median of {meta['steps']} timed "
         f"steps after {meta['warmup']} warm-up steps, candidates alternated in one process. "
         "Ratios are against the first row of each group (Keras `BatchNormalization`, or "
         "the plain model); memory is XLA's planned bytes for one compiled training step "
@@ -480,7 +495,9 @@ def worker(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     configs = [Config(*c) for c in json.loads(args.worker)]
     replicas = configs[0].replicas
-    if os.environ.get("KERAS_BACKEND") == "tensorflow" and replicas > 1:
+    if configs[0].workers > 1:
+        MULTI_WORKER.append(multiworker.strategy())
+    elif os.environ.get("KERAS_BACKEND") == "tensorflow" and replicas > 1:
         import tensorflow as tf
 
         # Logical CPUs for MirroredStrategy, before TensorFlow initializes its devices.
@@ -500,15 +517,41 @@ def worker(args):
         result = {key: getattr(config, key) for key in ("backend", "model", "jit", "policy")}
         if config.replicas > 1:
             result["replicas"] = config.replicas
-            result["distribution"] = DISTRIBUTIONS[config.backend]
+            result["distribution"] = DISTRIBUTIONS[config.backend, config.workers > 1]
+        accelerator = accelerator_name()
+        if accelerator:
+            result["device"] = accelerator
         results.append({**result, "rows": rows})
     json.dump(results, sys.stdout)
 
 
+def accelerator_name():
+    """The GPU the backend computes on, or None on the CPU."""
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        return None if device.platform == "cpu" else device.device_kind
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    import tensorflow as tf
+
+    gpus = tf.config.list_logical_devices("GPU")
+    return gpus[0].name if gpus else None
+
+
+# (backend, several processes): how the synchronized rows are distributed.
 DISTRIBUTIONS = {
-    "tensorflow": "MirroredStrategy over logical CPUs",
-    "jax": "DataParallel over host devices",
+    ("tensorflow", False): "MirroredStrategy over logical CPUs",
+    ("tensorflow", True): "MultiWorkerMirroredStrategy, two local processes",
+    ("jax", False): "DataParallel over host devices",
 }
+MULTI_WORKER = []  # the worker process's MultiWorkerMirroredStrategy, made first
 
 
 def describe(config):
@@ -516,9 +559,11 @@ def describe(config):
     text = (
         f"{config['model']}, {config['backend']}, jit_compile={config['jit']}, {config['policy']}"
     )
+    if config.get("device"):
+        text += f", on {config['device']}"
     replicas = config.get("replicas", 1)  # older results have no synchronized rows
     if replicas > 1:
-        where = config.get("distribution") or DISTRIBUTIONS[config["backend"]]
+        where = config.get("distribution") or DISTRIBUTIONS[config["backend"], False]
         text += f", synchronized on {replicas} replicas ({where})"
     return text
 
@@ -623,13 +668,15 @@ def measure(matrix, args):
     another: their devices are fixed before the backend starts."""
     results = []
     for backend in args.backends:
-        for replicas in sorted({c.replicas for c in matrix if c.backend == backend}):
-            configs = [c for c in matrix if c.backend == backend and c.replicas == replicas]
-            results += json.loads(run_worker(backend, replicas, configs, args))
+        for layout in sorted({(c.replicas, c.workers) for c in matrix if c.backend == backend}):
+            configs = [
+                c for c in matrix if (c.backend, c.replicas, c.workers) == (backend, *layout)
+            ]
+            results += json.loads(run_worker(backend, *layout, configs, args))
     return results
 
 
-def run_worker(backend, replicas, configs, args):
+def run_worker(backend, replicas, workers, configs, args):
     env = dict(
         os.environ,
         KERAS_BACKEND=backend,
@@ -641,12 +688,17 @@ def run_worker(backend, replicas, configs, args):
         env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + flag).strip()
     command = [sys.executable, __file__, "--worker", json.dumps(configs)]
     command += ["--steps", str(args.steps), "--warmup", str(args.warmup)]
+    if workers > 1:
+        return multiworker.run(command, env)
     return subprocess.run(command, env=env, check=True, stdout=subprocess.PIPE, text=True).stdout
 
 
 def _versions():
-    versions = {}
-    for module in ("keras", *BACKENDS):
+    import importlib.metadata
+
+    # Keras's version without importing it: here no backend is chosen.
+    versions = {"keras": importlib.metadata.version("keras")}
+    for module in BACKENDS:
         try:
             versions[module] = __import__(module).__version__
         except ImportError:

@@ -47,7 +47,9 @@ def keras_runners(model, x, y, train=True):
     across them (`mirrored_train_step`)."""
     train_step = None
     strategy = getattr(model, "distribute_strategy", None)  # TensorFlow only
-    if train and strategy is not None and strategy.num_replicas_in_sync > 1:
+    if train and strategy is not None and _multi_worker(strategy):
+        train_step = custom_train_step(model, x, y)
+    elif train and strategy is not None and strategy.num_replicas_in_sync > 1:
         train_step = mirrored_train_step(model, x, y)
     elif train:
         train_step = lambda: model.train_on_batch(x, y)  # noqa: E731
@@ -83,6 +85,51 @@ def mirrored_train_step(model, x, y):
         return {name: float(value) for name, value in logs.items()}
 
     return train_step
+
+
+def _multi_worker(strategy):
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def custom_train_step(model, x, y):
+    """A training step under MultiWorkerMirroredStrategy, where Keras 3's
+    `fit` and `train_function` do not work: `strategy.run` of a
+    `tf.GradientTape` step and `optimizer.apply`, each worker's replica on
+    its share of `x` and `y` (the global batch), placed once."""
+    import tensorflow as tf
+
+    strategy = model.distribute_strategy
+    context = tf.distribute.InputContext(
+        num_input_pipelines=strategy.cluster_resolver.cluster_spec().num_tasks("worker"),
+        input_pipeline_id=strategy.cluster_resolver.task_id,
+        num_replicas_in_sync=strategy.num_replicas_in_sync,
+    )
+    share = len(x) // context.num_input_pipelines
+    rows = slice(context.input_pipeline_id * share, (context.input_pipeline_id + 1) * share)
+    batch = [
+        strategy.experimental_distribute_values_from_function(lambda _, a=a: tf.constant(a[rows]))
+        for a in (x, y)
+    ]
+    model.optimizer.build(model.trainable_variables)
+    loss_fn = model.loss
+
+    @tf.function
+    def step(x, y):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                # Keras's loss divides by the replicas itself in a replica
+                # context: the replicas' gradients add up to the global mean's.
+                loss = loss_fn(y, model(x, training=True))
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply(grads, model.trainable_variables)
+            return loss
+
+        losses = strategy.run(replica_step, args=(x, y))
+        return strategy.reduce(tf.distribute.ReduceOp.SUM, losses, axis=None)
+
+    return lambda: float(step(*batch))
 
 
 def jax_runners(model, x, y, train=True):

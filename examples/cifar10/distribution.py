@@ -87,7 +87,7 @@ def _jax_distribution(config, strategy):
             )
         devices = devices[:want]
     if config["strategy"] == "one" or len(devices) == 1:
-        return Distribution("jax-one-device", 1, contextlib.nullcontext, devices=devices[:1])
+        return Distribution("jax-one-device", 1, contextlib.nullcontext, devices=[str(devices[0])])
     parallel = keras.distribution.DataParallel(devices=devices)
     return Distribution(
         "jax-data-parallel",

@@ -9,6 +9,7 @@ file, never half of one; the next start removes the temporary leftovers.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -162,8 +163,15 @@ def finish(config, model, dist, cifar, wall, stream):
     out = config["out"]
     rows = read_log(out)
     save_model_atomic(model, os.path.join(out, FINAL_MODEL))
-    export_stripped(model, os.path.join(out, SAVED_MODEL))
+    # A SavedModel is TensorFlow's format: JAX or PyTorch alone cannot write one.
+    exported = importlib.util.find_spec("tensorflow") is not None
+    if exported:
+        export_stripped(model, os.path.join(out, SAVED_MODEL))
+    else:
+        print("TensorFlow is not installed: no SavedModel export", file=stream, flush=True)
     results = summarize(config, model, dist, cifar, rows, wall)
+    if not exported:
+        results["files"]["saved_model"] = None
     write_atomic(os.path.join(out, RESULTS_JSON), json.dumps(results, indent=2) + "\n")
     if results["diverged"]:
         print(

@@ -50,7 +50,8 @@ outputs (in --out):
   best.keras       the model with the lowest test error so far (best.json)
   final.keras      the model after the last epoch
   saved_model/     SavedModel export of the final model with the weight-norm
-                   wrappers stripped (tfnorms.strip), for serving
+                   wrappers stripped (tfnorms.strip), for serving (where
+                   TensorFlow is installed)
   results.json     settings, per-epoch metrics, final and best test error,
                    images per second; written last
 

@@ -11,6 +11,7 @@ and strategies, `outputs` what a run writes in `--out`.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import sys
 import time
@@ -174,8 +175,8 @@ def _callbacks(config, dist, images_per_epoch, stream):
             chosen.append(keras.callbacks.TensorBoard(log_dir, write_graph=False))
         else:
             print(
-                "note: the tensorboard package is not installed: no TensorBoard logs "
-                "(pip install tensorboard)",
+                "note: Keras's TensorBoard logs need the tensorflow and tensorboard "
+                "packages, and one is not installed: no TensorBoard logs",
                 file=stream,
             )
     # Last, so that every other file of an epoch is written before the backup
@@ -187,9 +188,12 @@ def _callbacks(config, dist, images_per_epoch, stream):
 
 
 def tensorboard_available():
-    import importlib.util
+    # Keras's TensorBoard callback writes through TensorFlow's summary ops.
+    return tensorflow_available() and importlib.util.find_spec("tensorboard") is not None
 
-    return importlib.util.find_spec("tensorboard") is not None
+
+def tensorflow_available():
+    return importlib.util.find_spec("tensorflow") is not None
 
 
 def _fit(config, model, dist, cifar, steps_per_epoch, callbacks):
@@ -201,10 +205,18 @@ def _fit(config, model, dist, cifar, steps_per_epoch, callbacks):
 
     batch = config["batch_size"]
     augment = {"seed": config["seed"], "flip": config["flip"], "pad": config["pad"]}
-    test = data.eval_dataset(*cifar.test, batch, cifar.mean, cifar.std)
+    if keras.backend.backend() != "tensorflow" and not tensorflow_available():
+        # JAX or PyTorch alone: the NumPy pipeline (batches.py).
+        from cifar10 import batches
+
+        train_data = batches.TrainBatches(*cifar.train, batch, cifar.mean, cifar.std, **augment)
+        test = batches.EvalBatches(*cifar.test, batch, cifar.mean, cifar.std)
+    else:
+        train_data = data.train_dataset(*cifar.train, batch, cifar.mean, cifar.std, **augment)
+        test = data.eval_dataset(*cifar.test, batch, cifar.mean, cifar.std)
     if dist.kind != "MultiWorkerMirroredStrategy":
         model.fit(
-            data.train_dataset(*cifar.train, batch, cifar.mean, cifar.std, **augment),
+            train_data,
             epochs=config["epochs"],
             validation_data=test,
             shuffle=False,

@@ -18,7 +18,7 @@ import bench  # noqa: E402
 from test_benchmarks import META, RESULTS, row, target_rows  # noqa: E402
 
 
-def sync_configuration(backend, ratios, memory=None):
+def sync_configuration(backend, ratios, memory=None, processes=False):
     """A synchronized configuration as a worker writes it: `ratios` are the
     train ratios of the candidates after the Keras baseline."""
     names = ["LpBN p=2", "LpBN p=1", "LinfBN", "LinfBN top-10", "MeanOnlyBN"]
@@ -35,7 +35,7 @@ def sync_configuration(backend, ratios, memory=None):
         "jit": backend == "jax",
         "policy": "float32",
         "replicas": 2,
-        "distribution": bench.DISTRIBUTIONS[backend],
+        "distribution": bench.DISTRIBUTIONS[backend, processes],
         "rows": rows,
     }
 
@@ -44,6 +44,7 @@ SYNC_RESULTS = [
     # p=2 over its 1.00 limit; L-inf the worst of the 1.05 group, over it.
     sync_configuration("tensorflow", [1.01, 1.02, 1.07, 1.10, 0.8], memory=1.5),
     sync_configuration("jax", [0.99, 1.04, 1.0, 1.2, 0.9], memory=1.0),
+    sync_configuration("tensorflow", [0.7, 0.9, 0.8, 1.12, 0.6], processes=True),
 ]
 
 
@@ -51,14 +52,17 @@ def test_sync_rows_meet_their_own_targets():
     table = target_rows(bench.target_summary(SYNC_RESULTS))
     assert table["synchronized LpBN p=2 training step"] == (
         "1.010 (cnn tensorflow jit=False float32 2 replicas); "
-        "0.990 (cnn jax jit=True float32 2 replicas)",
-        "1 of 2",
+        "0.990 (cnn jax jit=True float32 2 replicas); "
+        "0.700 (cnn tensorflow jit=False float32 2 replicas in 2 processes)",
+        "2 of 3",
     )
     worst, met = table["synchronized LpBN p=1, L-inf and mean-only training step"]
-    assert met == "1 of 2"
+    assert met == "2 of 3"
     assert worst.startswith("1.070 (cnn tensorflow jit=False float32 2 replicas LinfBN)")
     assert "1.040 (cnn jax jit=True float32 2 replicas LpBN p=1)" in worst
-    assert table["synchronized L-inf top-10 training step"][1] == "1 of 2"  # 1.10 and 1.20
+    assert "0.900 (cnn tensorflow jit=False float32 2 replicas in 2 processes LpBN p=1)" in worst
+    # 1.10, 1.20 and 1.12 against 1.15
+    assert table["synchronized L-inf top-10 training step"][1] == "2 of 3"
     # The single-device targets do not read the synchronized rows, and their
     # memory (1.5 on TensorFlow here) has no target.
     assert set(table) == {
@@ -82,6 +86,7 @@ def test_report_names_the_distribution_of_sync_rows():
         "(MirroredStrategy over logical CPUs)" in report
     )
     assert "synchronized on 2 replicas (DataParallel over host devices)" in report
+    assert "synchronized on 2 replicas (MultiWorkerMirroredStrategy, two local processes)" in report
     assert "## mlp, jax, jit_compile=True, float32\n" in report  # single device: as before
     assert bench.SYNC_HEADER in report
     assert "| synchronized batch norm | LinfBN top-10 | 1100.0 | 1.100 | – | – | 1.500 |" in report
@@ -115,6 +120,7 @@ def test_the_flags_choose_the_sync_rows():
     assert set(bench.SYNC_MATRIX) <= set(matrix("--full"))
     assert matrix("--sync") == bench.SYNC_MATRIX
     assert matrix("--sync", "--backends", "jax") == [bench.Config("jax", "cnn", True, "float32", 2)]
+    assert [c.workers for c in matrix("--sync", "--backends", "tensorflow")] == [1, 2]
     assert all(c.replicas == 1 for c in matrix("--models", "mlp", "resnet20"))
     assert all(c.replicas == 1 for c in matrix("--full") if c.model != "cnn")
     with pytest.raises(SystemExit):
@@ -133,20 +139,24 @@ def test_each_backend_and_replica_count_gets_a_worker(monkeypatch):
         return types.SimpleNamespace(stdout=json.dumps(result))
 
     monkeypatch.setattr(bench.subprocess, "run", fake_run)
+    monkeypatch.setattr(
+        bench.multiworker, "run", lambda command, env: fake_run(command, env).stdout
+    )
     monkeypatch.delenv("XLA_FLAGS", raising=False)
     args = bench.build_parser().parse_args([])
     results = bench.measure(bench.chosen_matrix(args), args)
-    assert [(c[0][0][0], c[0][0][4]) for c in calls] == [
-        ("tensorflow", 1),
-        ("tensorflow", 2),
-        ("jax", 1),
-        ("jax", 2),
-        ("torch", 1),
+    assert [(c[0][0][0], c[0][0][4], c[0][0][5]) for c in calls] == [
+        ("tensorflow", 1, 1),
+        ("tensorflow", 2, 1),
+        ("tensorflow", 2, 2),  # through multiworker.run: two processes
+        ("jax", 1, 1),
+        ("jax", 2, 1),
+        ("torch", 1, 1),
     ]
-    assert all({c[4] for c in configs} == {configs[0][4]} for configs, _ in calls)
+    assert all({tuple(c[4:]) for c in configs} == {tuple(configs[0][4:])} for configs, _ in calls)
     flags = [env.get("XLA_FLAGS") for _, env in calls]
-    assert flags == [None, None, None, "--xla_force_host_platform_device_count=2", None]
-    assert [env["KERAS_BACKEND"] for _, env in calls] == ["tensorflow"] * 2 + ["jax"] * 2 + [
+    assert flags == [None, None, None, None, "--xla_force_host_platform_device_count=2", None]
+    assert [env["KERAS_BACKEND"] for _, env in calls] == ["tensorflow"] * 3 + ["jax"] * 2 + [
         "torch"
     ]
     assert len(results) == len(bench.DEFAULT_MATRIX)

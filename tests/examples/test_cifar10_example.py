@@ -123,6 +123,48 @@ def test_pipeline_standardizes_augments_and_batches(archive):
     )
 
 
+def test_numpy_pipeline_standardizes_flips_crops_and_reshuffles(archive):
+    """The pipeline for JAX or PyTorch without TensorFlow (batches.py): every
+    training image is a horizontal flip or not, then a 32x32 window of the
+    standardized image zero-padded by 4, with its own label; each epoch is a
+    new permutation of every example; evaluation is in order."""
+    from cifar10 import batches
+
+    _, ((x, y), _) = archive
+    mean, std = data.channel_stats(x)
+    standardized = data.standardize_numpy(x, mean, std)
+    padded = np.pad(standardized, ((0, 0), (4, 4), (4, 4), (0, 0)))
+    train_data = batches.TrainBatches(x, y, 64, mean, std, seed=0)
+    assert len(train_data) == 320 // 64
+    first_order = train_data.order.copy()
+    assert sorted(first_order) == list(range(320))
+    flips = crops = 0
+    for index in range(len(train_data)):
+        images, labels = train_data[index]
+        assert images.shape == (64, 32, 32, 3) and images.dtype == np.float32
+        source = first_order[index * 64 : (index + 1) * 64]
+        np.testing.assert_array_equal(labels, y[source])
+        for image, i in zip(images, source, strict=True):
+            windows = [
+                (flip, r, c)
+                for flip in (False, True)
+                for r in range(9)
+                for c in range(9)
+                if np.array_equal(
+                    image, (padded[i, :, ::-1] if flip else padded[i])[r : r + 32, c : c + 32]
+                )
+            ]
+            assert windows, "not a flipped or plain crop of the padded image"
+            flips += windows[0][0]
+            crops += windows[0][1:] != (4, 4)
+    assert 0 < flips < 320 and crops > 0  # random, not all or nothing
+    train_data.on_epoch_end()
+    assert not np.array_equal(train_data.order, first_order)
+    evaluation = batches.EvalBatches(x[:70], y[:70], 32, mean, std)
+    assert [len(evaluation[i][1]) for i in range(len(evaluation))] == [32, 32, 6]
+    np.testing.assert_array_equal(evaluation[2][0], standardized[64:70])
+
+
 def test_tampered_pickle_is_refused_and_runs_nothing(archive, tmp_path, capsys):
     marker = tmp_path / "pwned"
     tampered = tmp_path / "tampered.tar.gz"
@@ -316,6 +358,8 @@ def test_one_epoch_mirrored_then_saved_models_reload(archive, tmp_path, family):
         x_test[:16], np.array(results["channel_mean"]), np.array(results["channel_std"])
     )
     expected = model.predict(images, verbose=0)
+    import tfnorms  # noqa: F401  (registers the layers the file names)
+
     reloaded = keras.saving.load_model(out / "final.keras")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
     served = tf.saved_model.load(str(out / "saved_model"))
@@ -496,3 +540,31 @@ def test_jax_backend_data_parallel_over_two_host_devices(archive, tmp_path):
     assert results["distribution"]["replicas"] == 2
     assert _log_epochs(out) == [1]
     shutil.rmtree(out)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's path")
+def test_jax_backend_trains_without_tensorflow_installed(archive, tmp_path):
+    """A machine with JAX and no TensorFlow (TensorFlow made unimportable in
+    the child): the NumPy pipeline trains, the .keras files are written, and
+    the SavedModel export, TensorFlow's format, is skipped and says so."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import sys\nsys.modules['tensorflow'] = None\n")
+    out = tmp_path / "out"
+    command = [
+        sys.executable, TRAIN_SCRIPT, "--data-dir", str(archive[0]), "--out", str(out),
+        *FAMILIES["resnet"], *TINY,
+    ]  # fmt: skip
+    env = _subprocess_env(KERAS_BACKEND="jax", PYTHONPATH=str(site))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TensorFlow is not installed: no SavedModel export" in result.stdout + result.stderr
+    results = json.loads((out / "results.json").read_text())
+    assert results["backend"] == "jax" and "tensorflow" not in results["versions"]
+    assert results["files"]["saved_model"] is None
+    assert not (out / "saved_model").exists()
+    assert _log_epochs(out) == [1]
+    import tfnorms  # noqa: F401  (registers the layers the file names)
+
+    reloaded = keras.saving.load_model(out / "final.keras")
+    assert reloaded.count_params() > 0

@@ -156,6 +156,66 @@ def test_top_k_values_match_a_full_sort_with_their_gradient(shape, k, ties, rng)
         np.testing.assert_array_equal(-np.sort(-picked), want_top[c])
 
 
+def _xla_compiled(function):
+    """`function` as XLA compiles it: under tf.function(jit_compile=True) on
+    TensorFlow; JAX compiles each op; PyTorch runs it eagerly."""
+    if not is_tensorflow():
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True)
+
+
+@pytest.mark.parametrize("ties", [False, True])
+def test_k_largest_columns_match_a_sort_under_xla_on_a_cpu(ties, rng, monkeypatch):
+    """k_largest_columns over many channels, as XLA compiles it on a CPU (k
+    rounds of max, no top_k there): each column's k largest values with
+    their rows, ties and a NaN column included, and the gradient of their
+    weighted sum goes to exactly the picked entries."""
+    k, rows, columns = 10, 48, select.MIN_ROUNDS_CHANNELS
+    x = rng.normal(size=(rows, columns)).astype("float32")
+    if ties:
+        x = np.round(x * 2) / 2  # few distinct values: ties everywhere
+    x[5, 3] = x[17, 3] = np.nan
+    weights = rng.uniform(1.0, 2.0, size=(k, columns)).astype("float32")
+    if keras.backend.backend() != "torch":  # PyTorch never takes the rounds
+
+        def no_top_k(*args, **kwargs):
+            raise AssertionError("top_k called: the rounds were not taken")
+
+        monkeypatch.setattr(select.ops, "top_k", no_top_k)
+
+    @_xla_compiled
+    def picks_and_gradient(values):
+        if is_tensorflow():
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                top, at = select.k_largest_columns(values, k)
+                total = ops.sum(top * ops.convert_to_tensor(weights))
+            return top, at, tape.gradient(total, values)
+        top, at = select.k_largest_columns(values, k)
+        return ops.stop_gradient(top), at, None
+
+    top, at, grad = (None if v is None else to_numpy(v) for v in picks_and_gradient(t(x)))
+    if grad is None:
+        _, (grad,) = value_and_gradients(
+            lambda v: ops.sum(select.k_largest_columns(v, k)[0] * ops.convert_to_tensor(weights)), x
+        )
+
+    def ranked(values):  # descending per column, NaN as the largest
+        return -np.sort(-np.where(np.isnan(values), np.inf, values), axis=0)
+
+    np.testing.assert_array_equal(ranked(top), ranked(x)[:k])
+    for c in range(columns):
+        assert len(set(at[:, c])) == k  # k distinct rows
+        np.testing.assert_array_equal(x[at[:, c], c], top[:, c])
+        want = np.zeros(rows, "float32")
+        want[at[:, c]] = weights[:, c]
+        np.testing.assert_array_equal(grad[:, c], want)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("shape", "k"), [((16, 4, 3), 5), ((3, 2, 3), 10)])
 def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng):

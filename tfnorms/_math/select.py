@@ -9,6 +9,7 @@ import math
 import keras
 from keras import ops
 
+from tfnorms._math import compiled
 from tfnorms._math.reduce import (
     FLOAT_MAX,
     expand_statistics,
@@ -18,6 +19,39 @@ from tfnorms._math.reduce import (
     reduction_axes,
     statistics_dtype,
 )
+
+# XLA on a CPU sorts for top_k; k rounds of a max and a first index of the
+# max, each one fused pass down the columns, cost less there for small k and
+# many channels. On a GPU XLA's top_k is faster (docs/design.md, "Formulations
+# that depend on the compiler", has the measurements).
+MAX_ROUNDS_K = 16
+MIN_ROUNDS_CHANNELS = 256
+
+
+def k_largest_columns(values, k):
+    """(values, row indices), each (k, columns), of the k largest entries of
+    each column of the 2-D `values`, in no particular order; `values` must
+    have at least k rows."""
+    rounds = k <= MAX_ROUNDS_K and values.shape[1] >= MIN_ROUNDS_CHANNELS
+    if not (rounds and compiled.by_xla_on_cpu()):
+        top, at = ops.top_k(ops.transpose(values), k, sorted=False)
+        return ops.transpose(top), ops.transpose(at)
+    rows = values.shape[0]
+    positions = ops.expand_dims(ops.arange(rows, dtype="int32"), -1)
+    taken = -FLOAT_MAX[keras.backend.standardize_dtype(values.dtype)]
+    picked, picked_at = [], []
+    for _ in range(k):
+        top = ops.max(ops.stop_gradient(values), axis=0, keepdims=True)
+        # The first row holding the maximum (a NaN, which max propagates, is the largest).
+        holds = ops.logical_or(values == top, ops.isnan(values))
+        at = ops.min(ops.where(holds, positions, rows), axis=0, keepdims=True)
+        chosen = positions == at
+        # The chosen entry itself, so that its gradient goes to that one entry
+        # (max's gradient would be shared among ties).
+        picked.append(ops.sum(ops.where(chosen, values, 0), axis=0))
+        picked_at.append(at[0])
+        values = ops.where(chosen, taken, values)
+    return ops.stack(picked), ops.stack(picked_at)
 
 
 def _top_k_block_size(n, k):
@@ -51,14 +85,16 @@ def _blockwise_top_k(values, k, block):
     n, channels = values.shape
     blocks = n // block
     maxima = ops.max(ops.reshape(ops.stop_gradient(values), (blocks, block, channels)), axis=1)
-    _, best = ops.top_k(ops.transpose(maxima), k, sorted=False)  # (channels, k) block indices
-    # Flat index of row i of block best[c, j] in channel c: (best * block + i) * channels + c.
-    rows = ops.expand_dims(best, -1) * block + ops.arange(block, dtype=best.dtype)
-    column = ops.reshape(ops.arange(channels, dtype=best.dtype), (channels, 1, 1))
-    indices = ops.reshape(rows * channels + column, (channels, k * block))
+    _, best = k_largest_columns(maxima, k)  # (k, channels) block indices
+    # Flat index of row i of block best[j, c] in channel c: (best * block + i) * channels + c.
+    rows = ops.expand_dims(best, 1) * block + ops.reshape(
+        ops.arange(block, dtype=best.dtype), (1, block, 1)
+    )
+    column = ops.arange(channels, dtype=best.dtype)
+    indices = ops.reshape(rows * channels + column, (k * block, channels))
     candidates = ops.take(ops.reshape(values, (-1,)), indices)
-    top, _ = ops.top_k(candidates, k, sorted=False)
-    return top
+    top, _ = k_largest_columns(candidates, k)
+    return ops.transpose(top)
 
 
 def top_k_values(values, k, axis, pad_to_k=False):
@@ -138,8 +174,11 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
         _, absolute = magnitude(x, mean)
         top = top_k_values(absolute, k, axis, pad_to_k=True)
         # The k-th largest; the sentinel if fewer are valid (`initial`: no rows at all).
-        threshold = ops.min(
-            top, axis=-1, initial=FLOAT_MAX[keras.backend.standardize_dtype(top.dtype)]
+        threshold = _bounded(
+            ops.min,
+            top,
+            (len(top.shape) - 1,),
+            FLOAT_MAX[keras.backend.standardize_dtype(top.dtype)],
         )
         value = valid_mean(top)
 
@@ -181,6 +220,20 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
     return top_mean(x) if mean is None else top_mean(x, mean)
 
 
+def _bounded(reduce, values, axes, bound):
+    """`reduce` (ops.max or ops.min) over `axes`, `bound` where the reduction
+    is empty. Keras's PyTorch max and min refuse an empty tensor without
+    `initial`, return a scalar with it, and make it a CPU tensor (a device
+    mismatch on a GPU); so a tensor known to be empty gets `bound` from a
+    sum (which keeps `values` in the graph), and `initial` is passed only
+    where some size is unknown until run time (traced TensorFlow or JAX)."""
+    if any(d == 0 for d in values.shape):
+        return ops.sum(values, axis=axes) + bound
+    if all(d is not None for d in values.shape):
+        return reduce(values, axis=axes)
+    return reduce(values, axis=axes, initial=bound)
+
+
 def extremes(x, axis, mask):
     """Per channel (per kept position), the maximum and minimum of the valid
     entries of `x`, in the statistics dtype (exact: they are entries of x)."""
@@ -192,14 +245,8 @@ def extremes(x, axis, mask):
     if mask is not None:
         high_values = ops.where(mask, x, ops.full_like(x, -limit))
         low_values = ops.where(mask, x, ops.full_like(x, limit))
-    if any(x.shape[a] == 0 for a in axes):
-        # Known to be empty: the fill values from a sum, which keeps x in the
-        # graph (Keras's torch max/min return a scalar constant there).
-        zeros = ops.sum(x, axis=axes)
-        high, low = zeros - limit, zeros + limit
-    else:
-        high = ops.max(high_values, axis=axes, initial=-limit)
-        low = ops.min(low_values, axis=axes, initial=limit)
+    high = _bounded(ops.max, high_values, axes, -limit)
+    low = _bounded(ops.min, low_values, axes, limit)
     dtype = statistics_dtype(x.dtype)
     return ops.cast(high, dtype), ops.cast(low, dtype)
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from tfnorms._math import compiled
 from tfnorms._types import Tensor
 
 # Exact classes only: a subclass may compute something else in `call`.
@@ -42,30 +43,11 @@ def supports(layer: keras.layers.Layer) -> bool:
     return layer.activity_regularizer is None and getattr(layer, "groups", 1) == 1
 
 
-def _in_xla() -> bool:
-    """Whether TensorFlow is tracing a function that XLA compiles."""
-    try:
-        import tensorflow as tf
-        from tensorflow.python.ops import control_flow_util
-    except ImportError:  # pragma: no cover - TensorFlow is the backend here
-        return False
-    if tf.executing_eagerly():
-        return False
-    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
-
-
 def pays(compute_dtype: str) -> bool:
     """Whether this call should take the kernel-free path: under XLA, and
     not in float16, where `x @ V` (V unnormalized: its norm grows in
     training) could overflow where `x @ W` does not."""
-    if compute_dtype == "float16":
-        return False
-    backend = keras.backend.backend()
-    if backend == "jax":
-        return True
-    if backend == "tensorflow":
-        return _in_xla()
-    return False
+    return compute_dtype != "float16" and compiled.by_xla()
 
 
 def _linear(layer: keras.layers.Layer, x: Tensor, kernel: Tensor) -> Tensor:

@@ -1,0 +1,43 @@
+"""Whether the code being traced is compiled by XLA, where a chain of
+elementwise ops and reductions fuses into one pass: some kernels pick
+another formulation there (docs/design.md, "Formulations that depend on the
+compiler")."""
+
+from __future__ import annotations
+
+import keras
+
+
+def in_tf_xla() -> bool:
+    """Whether TensorFlow is tracing a function that XLA compiles."""
+    try:
+        import tensorflow as tf
+        from tensorflow.python.ops import control_flow_util
+    except ImportError:  # pragma: no cover - TensorFlow is the backend here
+        return False
+    if tf.executing_eagerly():
+        return False
+    return bool(control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph()))
+
+
+def by_xla() -> bool:
+    """JAX (always compiled), or TensorFlow inside `jit_compile=True`."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return True
+    if backend == "tensorflow":
+        return in_tf_xla()
+    return False
+
+
+def by_xla_on_cpu() -> bool:
+    """`by_xla()`, compiling for the CPU (no GPU in sight)."""
+    if not by_xla():
+        return False
+    if keras.backend.backend() == "jax":
+        import jax
+
+        return jax.devices()[0].platform == "cpu"
+    import tensorflow as tf
+
+    return not tf.config.list_logical_devices("GPU")
