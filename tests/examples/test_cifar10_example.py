@@ -358,7 +358,6 @@ def test_one_epoch_mirrored_then_saved_models_reload(archive, tmp_path, family):
         x_test[:16], np.array(results["channel_mean"]), np.array(results["channel_std"])
     )
     expected = model.predict(images, verbose=0)
-    import tfnorms  # noqa: F401  (registers the layers the file names)
 
     reloaded = keras.saving.load_model(out / "final.keras")
     np.testing.assert_allclose(reloaded.predict(images, verbose=0), expected, atol=1e-5)
