@@ -187,23 +187,32 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
                 (upstream,) = args
             deviation, absolute = magnitude(x, mean)
             cut = expand_statistics(threshold, ndim, axis)
-            above = absolute > cut
-            tied = ops.logical_and(absolute == cut, cut >= 0)
-            above_count = ops.sum(ops.cast(above, count_dtype), axis=reduced)
-            tied_count = ops.sum(ops.cast(tied, count_dtype), axis=reduced)
+            # Every entry above the k-th largest is one of the top k: count
+            # those there, and only the entries reaching the cut over all of x
+            # (fewer passes over x: TensorFlow's graph runs each op unfused).
+            above_count = ops.sum(
+                ops.cast(top > ops.expand_dims(threshold, -1), count_dtype), axis=-1
+            )
+            reached = absolute >= cut
+            tied_count = ops.sum(ops.cast(reached, count_dtype), axis=reduced) - above_count
             upstream = ops.cast(upstream, count_dtype)
             full = threshold >= 0
             # With k valid entries or more: 1/k each above the threshold, and the
-            # remaining k - above_count shared by the tied ones. With fewer: 1/count each.
+            # remaining k - above_count shared by the tied ones. With fewer: 1/count
+            # each (the cut is then the sentinel, which masked entries reach: 0 there).
             selected = ops.where(full, float(k), above_count)
             per_above = upstream / maximum(selected, 1.0)
             per_tied = ops.where(
                 full, per_above * (k - above_count) / maximum(tied_count, 1.0), 0.0
             )
             weight = ops.where(
-                above,
-                expand_statistics(ops.cast(per_above, x.dtype), ndim, axis),
-                ops.where(tied, expand_statistics(ops.cast(per_tied, x.dtype), ndim, axis), 0),
+                reached,
+                ops.where(
+                    absolute > cut,
+                    expand_statistics(ops.cast(per_above, x.dtype), ndim, axis),
+                    expand_statistics(ops.cast(per_tied, x.dtype), ndim, axis),
+                ),
+                0,
             )
             grad_x = weight * ops.sign(deviation)
             if mean is None:
