@@ -51,10 +51,11 @@ RESULTS = [
         [
             row("keras BatchNormalization", 1.0, 1.0, 1.0),
             row("LpBN p=2", 1.04, 1.0, 1.0),  # over 1.03
-            row("LpBN p=1", 1.01, 1.0, 1.2),  # memory over 1.10
+            row("LpBN p=1", 1.01, 1.0, 1.2),  # memory over 1.05
             row("plain", 1.0, 1.0, 1.0, group="weight norm"),
             row("CenteredWeightNorm", 0.99, 1.0, 1.05, group="weight norm"),
-            row("keras SpectralNormalization", 1.2, 1.0, 1.0, group="weight norm"),
+            # Keras's layer: its memory (1.3) is not a tfnorms target.
+            row("keras SpectralNormalization", 1.2, 1.0, 1.3, group="weight norm"),
         ],
     ),
 ]

@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -32,6 +31,7 @@ from cifar10_helpers import (
     make_tampered_archive,
     train,
 )
+from processes import free_ports, run_together
 
 TINY = ["--epochs", "1", "--batch-size", "32", "--verbose", "0"]
 FAMILIES = {
@@ -477,41 +477,20 @@ def test_sigkill_during_epoch_two_resumes_from_the_backup(archive, tmp_path):
     assert set(os.listdir(out)) == _expected_outputs()
 
 
-def _free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @pytest.mark.tensorflow_only
 def test_two_local_workers_train_one_epoch_and_the_chief_writes_once(archive, tmp_path):
     out = tmp_path / "out"
-    workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+    workers = [f"127.0.0.1:{port}" for port in free_ports(2)]
     command = [
         sys.executable, TRAIN_SCRIPT, "--data-dir", str(archive[0]), "--out", str(out),
         *FAMILIES["resnet"], *TINY, "--strategy", "multiworker", "--sync-bn",
         "--weight-norm", "cwn", "--batch-norm", "l1",
     ]  # fmt: skip
-    processes = []
+    runs = []
     for index in range(2):
         tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-        processes.append(
-            subprocess.Popen(command, env=_subprocess_env(TF_CONFIG=json.dumps(tf_config)),
-                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        )  # fmt: skip
-    try:
-        outputs = [p.communicate(timeout=300)[0] for p in processes]
-    finally:
-        for p in processes:
-            if p.poll() is None:
-                p.kill()
-    for p, text in zip(processes, outputs, strict=True):
-        assert p.returncode == 0, text[-4000:]
+        runs.append((command, _subprocess_env(TF_CONFIG=json.dumps(tf_config))))
+    outputs = run_together(runs)
     assert "done: final test error" in outputs[0]
     assert "done:" not in outputs[1] and "epoch 1/1:" not in outputs[1]
     assert set(os.listdir(out)) == _expected_outputs()

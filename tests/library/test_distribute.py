@@ -11,7 +11,6 @@ collective of ours.
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import textwrap
@@ -27,6 +26,7 @@ from layer_checks import (
     replica_values,
     to_numpy,
 )
+from processes import free_ports, run_together
 
 import tfnorms
 
@@ -328,16 +328,6 @@ def test_mirrored_fit_matches_one_device(rng):
 
 
 # ------------------------------------------------- MultiWorkerMirroredStrategy
-def free_ports(count):
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def one_device_run(worker, masked, directory):
     """Initial weights saved for the workers; the final weights of the same
     training on one device on the global batches."""
@@ -376,27 +366,8 @@ def test_multiworker_two_processes_match_one_device(tmp_path):
         "multiworker_worker.py",
     )
     ports = free_ports(2)
-    processes = [
-        subprocess.Popen(
-            [sys.executable, script, str(i), str(ports[0]), str(ports[1]), str(tmp_path)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    logs = []
-    try:
-        for process in processes:
-            out, _ = process.communicate(timeout=300)
-            logs.append(out)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    for process, log in zip(processes, logs, strict=True):
-        assert process.returncode == 0, log[-4000:]
+    command = [sys.executable, script, "{index}", str(ports[0]), str(ports[1]), str(tmp_path)]
+    run_together([([part.format(index=i) for part in command], env) for i in range(2)])
 
     for masked, (model, initial) in references.items():
         name = "masked" if masked else "unmasked"

@@ -16,14 +16,13 @@ computed in the test process), and need `torch.distributed` with gloo.
 
 import json
 import os
-import socket
-import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
 from layer_checks import REPO_ROOT
+from processes import free_ports, run_together
 
 import tfnorms
 from tfnorms import distribute, distribute_torch
@@ -36,12 +35,6 @@ pytestmark = pytest.mark.skipif(
 SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "support")
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run_workers(mode, directory, timeout=300):
     """Run the two processes of torch_worker.py in `mode`; fail with their
     logs if either fails."""
@@ -49,28 +42,11 @@ def run_workers(mode, directory, timeout=300):
     env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, SUPPORT, env.get("PYTHONPATH", "")])
     env.setdefault("OMP_NUM_THREADS", "1")
     script = os.path.join(SUPPORT, "torch_worker.py")
-    port = str(free_port())
-    processes = [
-        subprocess.Popen(
-            [sys.executable, script, mode, str(rank), port, str(directory)],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-        for rank in range(2)
-    ]
-    logs = []
-    try:
-        for process in processes:
-            out, _ = process.communicate(timeout=timeout)
-            logs.append(out)
-    finally:
-        for process in processes:
-            if process.poll() is None:
-                process.kill()
-    failed = [f"rank {r}:\n{log[-3000:]}" for r, log in enumerate(logs) if processes[r].returncode]
-    assert not failed, "\n".join(failed)
+    (port,) = free_ports(1)
+    command = [sys.executable, script, mode, "{rank}", str(port), str(directory)]
+    run_together(
+        [([part.format(rank=rank) for part in command], env) for rank in range(2)], timeout
+    )
 
 
 def test_without_a_process_group_statistics_are_local(rng):
