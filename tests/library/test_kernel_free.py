@@ -38,7 +38,7 @@ LAYERS = {
 
 
 def forced(monkeypatch, value):
-    monkeypatch.setattr(kernel_free, "pays", lambda compute_dtype: value)
+    monkeypatch.setattr(kernel_free, "pays", lambda layer, x: value)
 
 
 def randomized_wrapper(wrapper_name, layer_name, rng):
@@ -134,43 +134,75 @@ def test_a_subclass_keeps_the_kernel_forming_path():
     assert not kernel_free.supports(ScaledDense(3))
 
 
-def test_the_path_is_taken_under_xla_only():
-    """JAX: always (its steps are compiled); TensorFlow: in an XLA-compiled
-    function only; PyTorch: never (eager is faster with W formed); and
-    never in float16, where `x @ V` could overflow."""
+def test_the_path_is_taken_under_xla_only_while_the_output_is_the_smaller():
+    """JAX: in its (compiled) steps; TensorFlow: in an XLA-compiled function
+    only; PyTorch: never (eager is faster with W formed); never in float16,
+    where `x @ V` could overflow; and only while the output has no more rows
+    (batch times positions) than the kernel's fan-in, or with a batch size
+    unknown until run time."""
     backend = keras.backend.backend()
-    assert not kernel_free.pays("float16")
+    dense = keras.layers.Dense(8)
+    dense.build((None, 16))
+    conv = keras.layers.Conv2D(8, 3, strides=2, padding="same")
+    conv.build((None, 4, 4, 2))  # fan-in 18; output 2 x 2 positions per example
+    small, large = np.zeros((16, 16), "float32"), np.zeros((17, 16), "float32")
+    under_xla = {
+        "small batch": (dense, small, True),
+        "more rows than the fan-in": (dense, large, False),
+        "conv, 4 examples x 4 positions": (conv, np.zeros((4, 4, 4, 2), "float32"), True),
+        "conv, 5 examples x 4 positions": (conv, np.zeros((5, 4, 4, 2), "float32"), False),
+    }
+    half = keras.layers.Dense(8, dtype="mixed_float16")
+    half.build((None, 16))
+
+    def decisions():
+        return {name: kernel_free.pays(layer, x) for name, (layer, x, _) in under_xla.items()}
+
+    want = {name: expected for name, (_, _, expected) in under_xla.items()}
+    nothing = dict.fromkeys(under_xla, False)
     if backend == "jax":
-        assert kernel_free.pays("float32") and kernel_free.pays("bfloat16")
+        assert decisions() == want
+        assert not kernel_free.pays(half, small)
+        assert not kernel_free.pays(dense, keras.KerasTensor((None, 16)))  # unknown batch
     elif backend == "torch":
-        assert not kernel_free.pays("float32")
+        assert decisions() == nothing
     else:
         import tensorflow as tf
 
-        assert not kernel_free.pays("float32")  # eager
+        assert decisions() == nothing  # eager
         seen = {}
 
         def probe(jit):
-            seen[jit] = kernel_free.pays("float32")
+            seen[jit] = decisions()
+            seen[jit, "float16"] = kernel_free.pays(half, small)
             return tf.constant(0.0)
 
         tf.function(lambda: probe(True), jit_compile=True)()
         tf.function(lambda: probe(False))()
-        assert seen == {True: True, False: False}
+        assert seen == {True: want, False: nothing, (True, "float16"): False,
+                        (False, "float16"): False}  # fmt: skip
 
 
 @pytest.mark.skipif(not is_tensorflow(), reason="compares TensorFlow's XLA and graph steps")
-def test_jit_compiled_fit_matches_the_graph_fit(rng):
-    """`fit` with `jit_compile=True` (kernel-free) and without (W formed)
-    end at the same weights."""
-    x = rng.normal(size=(32, 8, 8, 3)).astype("float32")
+def test_jit_compiled_fit_matches_the_graph_fit(rng, monkeypatch):
+    """`fit` with `jit_compile=True` (both wrappers kernel-free: their outputs
+    have fewer rows than their kernels) and without (W formed) end at the
+    same weights."""
+    x = rng.normal(size=(32, 4, 4, 16)).astype("float32")
     y = rng.normal(size=(32, 2)).astype("float32")
+    taken = []
+    real_call = kernel_free.call
+    monkeypatch.setattr(
+        kernel_free,
+        "call",
+        lambda layer, *args: taken.append(layer.name) or real_call(layer, *args),
+    )
     final = {}
     for jit in (True, False):
         keras.utils.set_random_seed(3)
         model = keras.Sequential(
             [
-                keras.Input((8, 8, 3)),
+                keras.Input((4, 4, 16)),
                 tfnorms.CenteredWeightNorm(keras.layers.Conv2D(4, 3, activation="relu")),
                 keras.layers.Flatten(),
                 tfnorms.WeightNormalization(keras.layers.Dense(2)),
@@ -179,5 +211,11 @@ def test_jit_compiled_fit_matches_the_graph_fit(rng):
         model.compile(optimizer=keras.optimizers.SGD(0.05), loss="mse", jit_compile=jit)
         model.fit(x, y, batch_size=8, epochs=2, verbose=0, shuffle=False)
         final[jit] = model.get_weights()
+        if jit:
+            assert {type(w.layer) for w in model.layers if hasattr(w, "layer")} == {
+                keras.layers.Conv2D,
+                keras.layers.Dense,
+            }
+            assert len(set(taken)) == 2, taken  # each wrapper's inner layer, traced
     for a, b in zip(final[True], final[False], strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

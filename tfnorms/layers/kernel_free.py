@@ -14,11 +14,14 @@ only a centered kernel needs it.
 It pays where a compiler fuses the per-unit statistics into the product
 (XLA: JAX, TensorFlow with `jit_compile=True`); TensorFlow's unfused graph
 is faster with `W` formed once (one kernel-sized op fewer on the backward
-pass), and so is eager PyTorch. `applies` decides; both paths compute the
+pass), and so is eager PyTorch; and even under XLA it pays only while the
+output has fewer rows than the kernel. `pays` decides; both paths compute the
 same function and gradients (tests/library/test_kernel_free.py).
 """
 
 from __future__ import annotations
+
+import math
 
 import keras
 from keras import ops
@@ -43,11 +46,23 @@ def supports(layer: keras.layers.Layer) -> bool:
     return layer.activity_regularizer is None and getattr(layer, "groups", 1) == 1
 
 
-def pays(compute_dtype: str) -> bool:
-    """Whether this call should take the kernel-free path: under XLA, and
-    not in float16, where `x @ V` (V unnormalized: its norm grows in
-    training) could overflow where `x @ W` does not."""
-    return compute_dtype != "float16" and compiled.by_xla()
+def pays(layer: keras.layers.Layer, x: Tensor) -> bool:
+    """Whether this call should take the kernel-free path: under XLA, not in
+    float16 (`x @ V`, V unnormalized, its norm growing in training, could
+    overflow where `x @ W` does not), and only where the layer's output has
+    no more rows than its kernel (batch times output positions at most the
+    fan-in): the path trades passes over the kernel for passes over the
+    output, which cost more once the output is the larger (docs/design.md,
+    "Kernel-free weight norm", has the measurements)."""
+    if layer.compute_dtype == "float16" or not compiled.by_xla():
+        return False
+    output_shape = layer.compute_output_shape(tuple(x.shape))
+    channel_axis = 1 if getattr(layer, "data_format", None) == "channels_first" else -1
+    rows = [d for axis, d in enumerate(output_shape) if axis != channel_axis % len(output_shape)]
+    if any(d is None for d in rows):
+        return False  # unknown until run time: the path that is never far off
+    fan_in = math.prod(layer.kernel.shape[:-1])
+    return math.prod(rows) <= fan_in
 
 
 def _linear(layer: keras.layers.Layer, x: Tensor, kernel: Tensor) -> Tensor:

@@ -206,7 +206,7 @@ class KernelNormWrapper(keras.layers.Wrapper):
         **kwargs: Any,
     ) -> Any:
         if not args and kernel_free.supports(self.layer):
-            if kernel_free.pays(self.layer.compute_dtype):
+            if kernel_free.pays(self.layer, inputs):
                 ((variable, kernel_axes),) = self._kernels
                 arguments = self._kernel_arguments(variable, kernel_axes)
                 mean, factor = unit_factors(variable.value, **arguments)
