@@ -69,6 +69,7 @@ class Config(NamedTuple):
 # The synchronized rows (docs/distributed.md): TensorFlow without jit, since
 # Keras's `fit` fails with `jit_compile=True` under `MirroredStrategy`; on JAX
 # the step is always compiled.
+SYNC_STEPS_FACTOR = 3  # the synchronized rows time this many times --steps
 SYNC_MATRIX = [
     Config("tensorflow", "cnn", False, "float32", 2),
     Config("tensorflow", "cnn", False, "float32", 2, workers=2),
@@ -434,7 +435,8 @@ def worst_ratio(config, groups, names, key):
 
 
 SYNC_HEADER = (
-    "Synchronized rows: every batch norm with `synchronized=True` over the replicas, "
+    f"Synchronized rows ({SYNC_STEPS_FACTOR}x the timed steps): every batch norm with "
+    "`synchronized=True` over the replicas, "
     "against Keras's `BatchNormalization` (on JAX Keras refuses `synchronized=True`, and the "
     "step over the sharded batch reduces over the global batch for every candidate); "
     "training steps only (inference reads the moving statistics, nothing synchronized); "
@@ -512,8 +514,10 @@ def worker(args):
     for config in configs:
         assert config.backend == keras.backend.backend(), (config, keras.backend.backend())
         print(f"[{describe(config._asdict())}] ...", file=sys.stderr, flush=True)
+        # The synchronized steps are short (a few ms) and noisier: more of them.
+        steps = args.steps * SYNC_STEPS_FACTOR if config.replicas > 1 else args.steps
         rows = run_configuration(
-            config.model, config.jit, config.policy, args.steps, args.warmup, config.replicas
+            config.model, config.jit, config.policy, steps, args.warmup, config.replicas
         )
         result = {key: getattr(config, key) for key in ("backend", "model", "jit", "policy")}
         if config.replicas > 1:
