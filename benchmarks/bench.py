@@ -13,11 +13,12 @@ do (below).
 
 The synchronized rows time a small CNN on two replicas, each batch norm with
 `synchronized=True`, against Keras's `BatchNormalization`: TensorFlow's
-`MirroredStrategy` over two logical CPUs, JAX's `keras.distribution.DataParallel`
-over two host devices (docs/distributed.md). Their TensorFlow memory is the
-CPU allocator's peak during one step (`timing.tf_cpu_step_bytes`); they time
-training only, since inference reads the moving statistics, which nothing
-synchronizes.
+`MirroredStrategy` over two logical CPUs, its `MultiWorkerMirroredStrategy`
+over two local processes (multiworker.py), JAX's
+`keras.distribution.DataParallel` over two host devices (docs/distributed.md).
+Their TensorFlow memory (MirroredStrategy only) is the CPU allocator's peak
+during one step (`timing.tf_cpu_step_bytes`); they time training only, since
+inference reads the moving statistics, which nothing synchronizes.
 
 Run `python benchmarks/bench.py --help`; `make bench` runs the default matrix
 and writes docs/performance.md.
@@ -35,18 +36,20 @@ import sys
 import time
 from typing import NamedTuple
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(HERE)
-sys.path.insert(0, os.path.join(REPO, "examples"))  # the ResNet of examples/cifar10
-
-import multiworker  # noqa: E402
-from timing import (  # noqa: E402
+import multiworker
+from candidates import MODELS, candidates
+from report import DISTRIBUTIONS, describe, group_rows, write_report
+from timing import (
     alternate,
     jax_runners,
     keras_runners,
     medians,
     tf_cpu_step_bytes,
 )
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+NOTES = os.path.join(HERE, "performance_notes.md")
 
 # The Keras backends timed. On PyTorch the step runs eagerly: `jit_compile=True`
 # is `torch.compile`, whose code generation takes minutes per model; its
@@ -76,7 +79,7 @@ SYNC_MATRIX = [
     Config("jax", "cnn", True, "float32", 2),
 ]
 # The default matrix: each axis (both models, jit off and on, float32 and
-# mixed_float16, both backends, one and two replicas) at least once, leaving
+# mixed_float16, every backend, one and two replicas) at least once, leaving
 # out the costliest rows (ResNet-20 under XLA), so that `make bench` stays
 # near 10 minutes on 2 CPU cores. `--extended` adds those; `--full` runs
 # every combination.
@@ -95,152 +98,6 @@ EXTENDED_MATRIX = DEFAULT_MATRIX + [
     Config("jax", "resnet20", True, "float32"),
     Config("torch", "resnet20", False, "float32"),
 ]
-
-
-# ------------------------------------------------------------------ models
-def batch_norm_factories():
-    import keras
-
-    import tfnorms
-
-    return {
-        "keras BatchNormalization": lambda: keras.layers.BatchNormalization(),
-        "LpBN p=2": lambda: tfnorms.LpBatchNormalization(p=2),
-        "LpBN p=1": lambda: tfnorms.LpBatchNormalization(p=1),
-        "LpBN p=inf": lambda: tfnorms.LpBatchNormalization(p="inf"),
-        "LpBN top-10": lambda: tfnorms.LpBatchNormalization(p="inf", top_k=10),
-    }
-
-
-def synchronized_factories():
-    """The synchronized batch norms. Keras's layer refuses `synchronized=True`
-    off TensorFlow; on JAX the sharded step reduces globally without it."""
-    import keras
-
-    import tfnorms
-
-    sync = keras.backend.backend() == "tensorflow"
-    return {
-        "keras BatchNormalization": lambda: keras.layers.BatchNormalization(synchronized=sync),
-        "LpBN p=2": lambda: tfnorms.LpBatchNormalization(p=2, synchronized=True),
-        "LpBN p=1": lambda: tfnorms.LpBatchNormalization(p=1, synchronized=True),
-        "LinfBN": lambda: tfnorms.LinfBatchNormalization(synchronized=True),
-        "LinfBN top-10": lambda: tfnorms.LinfBatchNormalization(top_k=10, synchronized=True),
-        "MeanOnlyBN": lambda: tfnorms.MeanOnlyBatchNormalization(synchronized=True),
-    }
-
-
-def weight_norm_factories():
-    import keras
-
-    import tfnorms
-
-    return {
-        "plain": lambda layer: layer,
-        "CenteredWeightNorm": tfnorms.CenteredWeightNorm,
-        "WeightNormalization": tfnorms.WeightNormalization,
-        "BoundedWeightNorm": tfnorms.BoundedWeightNorm,
-        "keras SpectralNormalization": keras.layers.SpectralNormalization,
-    }
-
-
-class CandidateLayers:
-    """The layers `cifar10.models.resnet` asks its `norms` for, as a
-    candidate makes them: bias-free convolutions and the classifier wrapped
-    by `wrap`, each convolution followed by `norm()` (by nothing without a
-    `norm`). Keras's default initializers: only the cost is measured."""
-
-    def __init__(self, wrap, norm):
-        self.wrap = wrap
-        self.norm = norm
-
-    def conv(self, filters, kernel_size, strides=1, padding="same", name=None, fan_in=None):
-        from keras import layers
-
-        conv = layers.Conv2D(
-            filters, kernel_size, strides=strides, padding=padding, use_bias=False, name=name
-        )
-        return self.wrap(conv)
-
-    def bn(self, name=None, zero_gamma=False):
-        return self.norm() if self.norm else None
-
-    def classifier(self, units, fan_in=None):
-        from keras import layers
-
-        return self.wrap(layers.Dense(units))
-
-
-def resnet20(wrap=lambda layer: layer, norm=None):
-    """He et al.'s CIFAR ResNet-20 (3 x 3 basic blocks, option-A shortcuts),
-    the example's own definition: built-in Keras layers around the
-    candidates', so that `tfnorms.strip` can clone it."""
-    from cifar10 import models
-
-    return models.resnet(CandidateLayers(wrap, norm), depth=20, shortcut="A")
-
-
-def mlp(wrap=lambda layer: layer, norm=None, width=512, depth=6, input_dim=784):
-    import keras
-    from keras import layers
-
-    inputs = keras.Input((input_dim,))
-    x = inputs
-    for _ in range(depth - 1):
-        x = wrap(layers.Dense(width, use_bias=norm is None))(x)
-        if norm:
-            x = norm()(x)
-        x = layers.ReLU()(x)
-    outputs = wrap(layers.Dense(10))(x)
-    return keras.Model(inputs, outputs)
-
-
-def cnn(wrap=lambda layer: layer, norm=None, filters=(16, 32, 64)):
-    """The synchronized rows' model: three bias-free 3x3 convolutions (the
-    last two with stride 2), each followed by `norm()` and a ReLU, global
-    average pooling and a classifier."""
-    import keras
-    from keras import layers
-
-    inputs = keras.Input((16, 16, 3))
-    x = inputs
-    for index, width in enumerate(filters):
-        strides = 1 if index == 0 else 2
-        x = wrap(layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False))(x)
-        if norm:
-            x = norm()(x)
-        x = layers.ReLU()(x)
-    x = layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, wrap(layers.Dense(10))(x))
-
-
-# name: (model of `wrap` and `norm`, input shape, global batch)
-MODELS = {
-    "resnet20": (resnet20, (32, 32, 3), 128),
-    "mlp": (mlp, (784,), 1024),
-    "cnn": (cnn, (16, 16, 3), 64),
-}
-SYNC_GROUP = "synchronized batch norm"
-
-
-def candidates(model_name, replicas=1):
-    """{group: {name: model factory}}; the first name of a group is its baseline."""
-    import tfnorms
-
-    build = MODELS[model_name][0]
-    if replicas > 1:
-        factories = synchronized_factories()
-        return {SYNC_GROUP: {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}}
-    norms = batch_norm_factories()
-    wrappers = weight_norm_factories()
-    groups = {
-        "batch norm": {name: (lambda f=f: build(norm=f)) for name, f in norms.items()},
-        "weight norm": {name: (lambda w=w: build(wrap=w)) for name, w in wrappers.items()},
-    }
-    groups["weight norm"]["CWN stripped (inference)"] = lambda: tfnorms.strip(
-        build(wrap=tfnorms.CenteredWeightNorm)
-    )
-    return groups
 
 
 # ----------------------------------------------------------------- timing
@@ -329,169 +186,6 @@ def run_configuration(model_name, jit, policy, steps, warmup, replicas=1):
     return rows
 
 
-def group_rows(group, measured):
-    """Report rows of one group (its first candidate the baseline) with ratios."""
-    baseline = next(iter(measured))
-    rows = []
-    for name, values in measured.items():
-        row = {
-            "group": group,
-            "candidate": name,
-            "baseline": baseline,
-            "train_s": values.get("train_s"),
-            "infer_s": values.get("infer_s"),
-            "step_bytes": None if "(inference)" in name else values["step_bytes"],
-        }
-        for key in ("train_s", "infer_s", "step_bytes"):
-            value, ref = row[key], measured[baseline].get(key)
-            ratio_key = "memory_ratio" if key == "step_bytes" else key[:-2] + "_ratio"
-            row[ratio_key] = value / ref if value and ref else None
-        rows.append(row)
-    return rows
-
-
-# ---------------------------------------------------------------- report
-WEIGHT_NORM_WRAPPERS = ["CenteredWeightNorm", "WeightNormalization", "BoundedWeightNorm"]
-BN, WN, SYNC = ["batch norm"], ["weight norm"], [SYNC_GROUP]
-TFNORMS_CANDIDATES = ["LpBN p=2", "LpBN p=1", "LpBN p=inf", "LpBN top-10"] + WEIGHT_NORM_WRAPPERS
-# (label, groups, candidates, measure, limit) of the performance targets,
-# checked per configuration (docs/performance.md, "Targets"); candidates None:
-# every row of those groups. The synchronized rows have their own limits.
-TARGETS = [
-    ("LpBN p=2 training step", BN, ["LpBN p=2"], "train_ratio", 1.03),
-    ("LpBN p=1 and p=inf training step", BN, ["LpBN p=1", "LpBN p=inf"], "train_ratio", 1.08),
-    ("LpBN top-10 training step", BN, ["LpBN top-10"], "train_ratio", 1.10),
-    ("CWN, WN, BWN training step", WN, WEIGHT_NORM_WRAPPERS, "train_ratio", 1.03),
-    ("stripped model inference", WN, ["CWN stripped (inference)"], "infer_ratio", 1.01),
-    ("training-step memory (JAX)", BN + WN, TFNORMS_CANDIDATES, "memory_ratio", 1.05),
-    ("synchronized LpBN p=2 training step", SYNC, ["LpBN p=2"], "train_ratio", 1.00),
-    (
-        "synchronized LpBN p=1, L-inf and mean-only training step",
-        SYNC,
-        ["LpBN p=1", "LinfBN", "MeanOnlyBN"],
-        "train_ratio",
-        1.05,
-    ),
-    ("synchronized L-inf top-10 training step", SYNC, ["LinfBN top-10"], "train_ratio", 1.15),
-]
-NOTES = os.path.join(HERE, "performance_notes.md")
-
-
-def target_summary(results):
-    """Markdown lines: each target, its worst ratio per configuration, met or not."""
-    lines = [
-        "## Targets",
-        "",
-        "Each target against the worst candidate it covers in every configuration above "
-        "(generated from the tables; the weight-norm wrappers are also compared with Keras's "
-        "`SpectralNormalization`).",
-        "",
-        "| target | limit | worst ratio per configuration | met |",
-        "|---|---|---|---|",
-    ]
-    for label, groups, names, key, limit in TARGETS:
-        worst = [w for config in results if (w := worst_ratio(config, groups, names, key))]
-        if not worst:
-            continue
-        met = sum(ratio <= limit for ratio, _ in worst)
-        lines.append(
-            f"| {label} | {limit:.2f} | {'; '.join(text for _, text in worst)} | "
-            f"{met} of {len(worst)} |"
-        )
-    spectral = []
-    for config in results:
-        ratios = {row["candidate"]: row.get("train_ratio") for row in config["rows"]}
-        reference = ratios.get("keras SpectralNormalization")
-        wrappers = [ratios[n] for n in WEIGHT_NORM_WRAPPERS if ratios.get(n)]
-        if reference and wrappers:
-            spectral.append(max(wrappers) <= reference * 1.02)
-    if spectral:
-        lines.append(
-            f"| CWN, WN, BWN no slower than SpectralNormalization (within 2%) | – | – | "
-            f"{sum(spectral)} of {len(spectral)} |"
-        )
-    lines.append("")
-    return lines
-
-
-def worst_ratio(config, groups, names, key):
-    """`(ratio, cell text)` of the worst row of `config` a target covers, or None."""
-    values = [
-        (row[key], row["candidate"])
-        for row in config["rows"]
-        if row.get(key) and row["group"] in groups and (names is None or row["candidate"] in names)
-    ]
-    if not values:
-        return None
-    ratio, name = max(values)
-    tag = [config["model"], config["backend"], f"jit={config['jit']}", config["policy"]]
-    if config.get("replicas", 1) > 1:
-        tag.append(f"{config['replicas']} replicas")
-        if "MultiWorker" in config.get("distribution", ""):
-            tag.append("in 2 processes")
-    if len(values) > 1:
-        tag.append(name)
-    return ratio, f"{ratio:.3f} ({' '.join(tag)})"
-
-
-SYNC_HEADER = (
-    f"Synchronized rows ({SYNC_STEPS_FACTOR}x the timed steps): every batch norm with "
-    "`synchronized=True` over the replicas, "
-    "against Keras's `BatchNormalization` (on JAX Keras refuses `synchronized=True`, and the "
-    "step over the sharded batch reduces over the global batch for every candidate); "
-    "training steps only (inference reads the moving statistics, nothing synchronized); "
-    "their TensorFlow memory is the peak of the CPU allocator during one training step "
-    "above what was live before it."
-)
-
-
-def format_report(results, meta, notes=None):
-    synchronized = any(config.get("replicas", 1) > 1 for config in results)
-    lines = [
-        "# Performance",
-        "",
-        f"Generated by `{meta.get('command', 'python benchmarks/bench.py')}` on {meta['date']}"
-        + (f" (wall time {meta['wall_minutes']:.1f} min)" if "wall_minutes" in meta else "")
-        + ": "
-        f"{meta['machine']}, Python {meta['python']}, Keras {meta['keras']}, "
-        f"TensorFlow {meta['tensorflow']}, JAX {meta['jax']}, PyTorch {meta.get('torch', '–')}. "
-        f"Median of {meta['steps']} timed "
-        f"steps after {meta['warmup']} warm-up steps, candidates alternated in one process. "
-        "Ratios are against the first row of each group (Keras `BatchNormalization`, or "
-        "the plain model); memory is XLA's planned bytes for one compiled training step "
-        + ("(JAX rows only)." if not synchronized else f"on JAX. {SYNC_HEADER}"),
-        "",
-    ]
-    for config in results:
-        lines += [
-            f"## {describe(config)}",
-            "",
-            "| group | candidate | train step (ms) | train ratio | inference (ms) | "
-            "inference ratio | step memory ratio |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for row in config["rows"]:
-
-            def ms(value):
-                return f"{value * 1000:.1f}" if value else "–"
-
-            def ratio(value):
-                return f"{value:.3f}" if value else "–"
-
-            lines.append(
-                f"| {row['group']} | {row['candidate']} | {ms(row['train_s'])} | "
-                f"{ratio(row.get('train_ratio'))} | {ms(row['infer_s'])} | "
-                f"{ratio(row.get('infer_ratio'))} | {ratio(row.get('memory_ratio'))} |"
-            )
-        lines.append("")
-    lines += target_summary(results)
-    if notes:
-        with open(notes) as f:
-            lines.append(f.read().rstrip())
-        lines.append("")
-    return "\n".join(lines)
-
-
 def worker(args):
     """Run `args.worker`'s configurations (one backend, one replica count)
     and print their results as JSON."""
@@ -521,6 +215,7 @@ def worker(args):
         )
         result = {key: getattr(config, key) for key in ("backend", "model", "jit", "policy")}
         if config.replicas > 1:
+            result["steps"] = steps
             result["replicas"] = config.replicas
             result["distribution"] = DISTRIBUTIONS[config.backend, config.workers > 1]
         accelerator = accelerator_name()
@@ -550,30 +245,7 @@ def accelerator_name():
     return gpus[0].name if gpus else None
 
 
-# (backend, several processes): how the synchronized rows are distributed.
-DISTRIBUTIONS = {
-    ("tensorflow", False): "MirroredStrategy over logical CPUs",
-    ("tensorflow", True): "MultiWorkerMirroredStrategy, two local processes",
-    ("jax", False): "DataParallel over host devices",
-}
 MULTI_WORKER = []  # the worker process's MultiWorkerMirroredStrategy, made first
-
-
-def describe(config):
-    """A configuration (a result's dict) in words: its section heading."""
-    text = (
-        f"{config['model']}, {config['backend']}, jit_compile={config['jit']}, {config['policy']}"
-    )
-    if config.get("device"):
-        text += f", on {config['device']}"
-    replicas = config.get("replicas", 1)  # older results have no synchronized rows
-    if replicas > 1:
-        where = (
-            config.get("distribution")
-            or DISTRIBUTIONS[config["backend"], config.get("workers", 1) > 1]
-        )
-        text += f", synchronized on {replicas} replicas ({where})"
-    return text
 
 
 def build_parser():
@@ -596,7 +268,8 @@ def build_parser():
     breadth.add_argument(
         "--sync",
         action="store_true",
-        help="only the synchronized rows (a CNN on 2 replicas, both backends)",
+        help="only the synchronized rows (a CNN on 2 replicas: TensorFlow MirroredStrategy and "
+        "two MultiWorkerMirroredStrategy processes, JAX DataParallel)",
     )
     parser.add_argument(
         "--output",
@@ -712,18 +385,6 @@ def _versions():
         except ImportError:
             versions[module] = "not installed"
     return versions
-
-
-def write_report(results, meta, output, notes=None):
-    """Print the report; unless `output` is '-', write it there and the raw
-    numbers beside it (`.json`, what `--rerender` reads)."""
-    report = format_report(results, meta, notes)
-    print(report)
-    if output != "-":
-        with open(output, "w") as f:
-            f.write(report + "\n")
-        with open(os.path.splitext(output)[0] + ".json", "w") as f:
-            json.dump({"meta": meta, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -194,11 +194,12 @@ def profile_jax_mlp_step():
     """XLA's view of a whole MLP training step (what bench.py times), plain
     against CWN."""
     import bench
+    import candidates
     import numpy as np
 
     import tfnorms
 
-    build, shape, batch = bench.MODELS["mlp"]
+    build, shape, batch = candidates.MODELS["mlp"]
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=(batch,)).astype("int32")

@@ -12,6 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import bench  # noqa: E402
+import report  # noqa: E402
 
 
 def row(candidate, train=None, infer=None, memory=None, group="batch norm"):
@@ -82,7 +83,7 @@ def target_rows(lines):
 
 
 def test_target_summary_takes_the_worst_ratio_and_counts_the_limits_met():
-    table = target_rows(bench.target_summary(RESULTS))
+    table = target_rows(report.target_summary(RESULTS))
     worst, met = table["LpBN p=2 training step"]
     assert met == "1 of 2"
     assert worst.startswith("1.020 (mlp tensorflow") and "1.040 (mlp jax" in worst
@@ -110,11 +111,11 @@ def test_rerender_rewrites_the_report_from_saved_numbers(tmp_path):
     assert (
         bench.main(["--rerender", str(saved), "--output", str(output), "--notes", str(notes)]) == 0
     )
-    report = output.read_text()
-    assert report.startswith("# Performance")
-    assert "## mlp, jax, jit_compile=True, float32" in report
-    assert "| batch norm | LpBN p=1 |" in report
-    assert report.rstrip().endswith("Hand-written findings.")
+    page = output.read_text()
+    assert page.startswith("# Performance")
+    assert "## mlp, jax, jit_compile=True, float32" in page
+    assert "| batch norm | LpBN p=1 |" in page
+    assert page.rstrip().endswith("Hand-written findings.")
     assert json.loads((tmp_path / "performance.json").read_text())["results"] == RESULTS
 
     bench.main(["--rerender", str(saved), "--output", str(output), "--notes", "none"])

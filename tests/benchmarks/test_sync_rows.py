@@ -15,6 +15,8 @@ sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import bench  # noqa: E402
+import candidates  # noqa: E402
+import report  # noqa: E402
 from test_benchmarks import META, RESULTS, row, target_rows  # noqa: E402
 
 
@@ -22,9 +24,9 @@ def sync_configuration(backend, ratios, memory=None, processes=False):
     """A synchronized configuration as a worker writes it: `ratios` are the
     train ratios of the candidates after the Keras baseline."""
     names = ["LpBN p=2", "LpBN p=1", "LinfBN", "LinfBN top-10", "MeanOnlyBN"]
-    rows = [row("keras BatchNormalization", 1.0, group=bench.SYNC_GROUP, memory=memory)]
+    rows = [row("keras BatchNormalization", 1.0, group=candidates.SYNC_GROUP, memory=memory)]
     rows += [
-        row(name, ratio, group=bench.SYNC_GROUP, memory=memory)
+        row(name, ratio, group=candidates.SYNC_GROUP, memory=memory)
         for name, ratio in zip(names, ratios, strict=True)
     ]
     for r in rows:
@@ -35,7 +37,7 @@ def sync_configuration(backend, ratios, memory=None, processes=False):
         "jit": backend == "jax",
         "policy": "float32",
         "replicas": 2,
-        "distribution": bench.DISTRIBUTIONS[backend, processes],
+        "distribution": report.DISTRIBUTIONS[backend, processes],
         "rows": rows,
     }
 
@@ -49,7 +51,7 @@ SYNC_RESULTS = [
 
 
 def test_sync_rows_meet_their_own_targets():
-    table = target_rows(bench.target_summary(SYNC_RESULTS))
+    table = target_rows(report.target_summary(SYNC_RESULTS))
     assert table["synchronized LpBN p=2 training step"] == (
         "1.010 (cnn tensorflow jit=False float32 2 replicas); "
         "0.990 (cnn jax jit=True float32 2 replicas); "
@@ -73,30 +75,31 @@ def test_sync_rows_meet_their_own_targets():
 
 
 def test_sync_rows_leave_the_single_device_targets_as_they_were():
-    alone = target_rows(bench.target_summary(RESULTS))
-    together = target_rows(bench.target_summary(RESULTS + SYNC_RESULTS))
+    alone = target_rows(report.target_summary(RESULTS))
+    together = target_rows(report.target_summary(RESULTS + SYNC_RESULTS))
     assert {label: together[label] for label in alone} == alone
     assert len(together) == len(alone) + 3
 
 
 def test_report_names_the_distribution_of_sync_rows():
-    report = bench.format_report(RESULTS + SYNC_RESULTS, META)
+    page = report.format_report(RESULTS + SYNC_RESULTS, META)
     assert (
         "## cnn, tensorflow, jit_compile=False, float32, synchronized on 2 replicas "
-        "(MirroredStrategy over logical CPUs)" in report
+        "(MirroredStrategy over logical CPUs)" in page
     )
-    assert "synchronized on 2 replicas (DataParallel over host devices)" in report
-    assert "synchronized on 2 replicas (MultiWorkerMirroredStrategy, two local processes)" in report
-    assert "## mlp, jax, jit_compile=True, float32\n" in report  # single device: as before
-    assert bench.SYNC_HEADER in report
-    assert "| synchronized batch norm | LinfBN top-10 | 1100.0 | 1.100 | – | – | 1.500 |" in report
+    assert "synchronized on 2 replicas (DataParallel over host devices)" in page
+    assert "synchronized on 2 replicas (MultiWorkerMirroredStrategy, two local processes)" in page
+    assert "## mlp, jax, jit_compile=True, float32\n" in page  # single device: as before
+    assert report.SYNC_HEADER in page
+    assert "Synchronized rows (median of 20 timed steps)" in page  # META's: no steps saved
+    assert "| synchronized batch norm | LinfBN top-10 | 1100.0 | 1.100 | – | – | 1.500 |" in page
 
 
 def test_a_report_without_sync_rows_reads_as_before():
     """Results saved before the synchronized rows existed render unchanged."""
-    report = bench.format_report(RESULTS, META)
-    assert "training step (JAX rows only)." in report
-    assert "synchronized" not in report
+    page = report.format_report(RESULTS, META)
+    assert "training step (JAX rows only)." in page
+    assert "synchronized" not in page
 
 
 @pytest.mark.parametrize("results", [RESULTS, RESULTS + SYNC_RESULTS], ids=["older", "sync"])
@@ -105,8 +108,8 @@ def test_rerender_reads_json_with_and_without_sync_rows(tmp_path, results):
     saved.write_text(json.dumps({"meta": META, "results": results}))
     output = tmp_path / "performance.md"
     assert bench.main(["--rerender", str(saved), "--output", str(output), "--notes", "none"]) == 0
-    report = output.read_text()
-    assert ("synchronized LpBN p=2 training step" in report) == (results is not RESULTS)
+    page = output.read_text()
+    assert ("synchronized LpBN p=2 training step" in page) == (results is not RESULTS)
     assert json.loads((tmp_path / "performance.json").read_text())["results"] == results
 
 
@@ -168,7 +171,7 @@ def test_group_rows_takes_ratios_against_the_first_candidate():
         "LpBN p=2": {"train_s": 0.021, "step_bytes": 5_000_000},
         "MeanOnlyBN": {"train_s": 0.018, "step_bytes": None},  # no memory read
     }
-    rows = bench.group_rows(bench.SYNC_GROUP, measured)
+    rows = report.group_rows(candidates.SYNC_GROUP, measured)
     assert [r["baseline"] for r in rows] == ["keras BatchNormalization"] * 3
     assert rows[1]["train_ratio"] == pytest.approx(1.05)
     assert rows[1]["memory_ratio"] == pytest.approx(1.25)

@@ -13,6 +13,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, os.path.join(REPO, "benchmarks"))
 
 import bench  # noqa: E402
+import candidates  # noqa: E402
 import timing  # noqa: E402
 
 import tfnorms  # noqa: E402
@@ -39,10 +40,10 @@ def _layer_kinds(model):
 @pytest.mark.parametrize("candidate", ["batch norm", "weight norm"])
 def test_bench_resnet20_is_the_papers_network_and_strips(candidate):
     if candidate == "batch norm":
-        model = bench.resnet20(norm=lambda: tfnorms.LpBatchNormalization(p=1))
+        model = candidates.resnet20(norm=lambda: tfnorms.LpBatchNormalization(p=1))
         assert _layer_kinds(model).count("LpBatchNormalization") == 19
     else:
-        model = bench.resnet20(wrap=tfnorms.CenteredWeightNorm)
+        model = candidates.resnet20(wrap=tfnorms.CenteredWeightNorm)
         assert _layer_kinds(model).count("CenteredWeightNorm") == 20  # 19 convs, classifier
     inner = [getattr(layer, "layer", layer) for layer in model.layers]
     convs = [layer for layer in inner if isinstance(layer, keras.layers.Conv2D)]

@@ -1,0 +1,212 @@
+"""The bench's report: rows with ratios, the targets table, the Markdown
+page (docs/performance.md) and the JSON beside it that `--rerender` reads."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from candidates import SYNC_GROUP
+
+# (backend, several processes): how the synchronized rows are distributed.
+DISTRIBUTIONS = {
+    ("tensorflow", False): "MirroredStrategy over logical CPUs",
+    ("tensorflow", True): "MultiWorkerMirroredStrategy, two local processes",
+    ("jax", False): "DataParallel over host devices",
+}
+
+
+def group_rows(group, measured):
+    """Report rows of one group (its first candidate the baseline) with ratios."""
+    baseline = next(iter(measured))
+    rows = []
+    for name, values in measured.items():
+        row = {
+            "group": group,
+            "candidate": name,
+            "baseline": baseline,
+            "train_s": values.get("train_s"),
+            "infer_s": values.get("infer_s"),
+            "step_bytes": None if "(inference)" in name else values["step_bytes"],
+        }
+        for key in ("train_s", "infer_s", "step_bytes"):
+            value, ref = row[key], measured[baseline].get(key)
+            ratio_key = "memory_ratio" if key == "step_bytes" else key[:-2] + "_ratio"
+            row[ratio_key] = value / ref if value and ref else None
+        rows.append(row)
+    return rows
+
+
+WEIGHT_NORM_WRAPPERS = ["CenteredWeightNorm", "WeightNormalization", "BoundedWeightNorm"]
+BN, WN, SYNC = ["batch norm"], ["weight norm"], [SYNC_GROUP]
+TFNORMS_CANDIDATES = ["LpBN p=2", "LpBN p=1", "LpBN p=inf", "LpBN top-10"] + WEIGHT_NORM_WRAPPERS
+# (label, groups, candidates, measure, limit) of the performance targets,
+# checked per configuration (docs/performance.md, "Targets"); candidates None:
+# every row of those groups. The synchronized rows have their own limits.
+TARGETS = [
+    ("LpBN p=2 training step", BN, ["LpBN p=2"], "train_ratio", 1.03),
+    ("LpBN p=1 and p=inf training step", BN, ["LpBN p=1", "LpBN p=inf"], "train_ratio", 1.08),
+    ("LpBN top-10 training step", BN, ["LpBN top-10"], "train_ratio", 1.10),
+    ("CWN, WN, BWN training step", WN, WEIGHT_NORM_WRAPPERS, "train_ratio", 1.03),
+    ("stripped model inference", WN, ["CWN stripped (inference)"], "infer_ratio", 1.01),
+    ("training-step memory (JAX)", BN + WN, TFNORMS_CANDIDATES, "memory_ratio", 1.05),
+    ("synchronized LpBN p=2 training step", SYNC, ["LpBN p=2"], "train_ratio", 1.00),
+    (
+        "synchronized LpBN p=1, L-inf and mean-only training step",
+        SYNC,
+        ["LpBN p=1", "LinfBN", "MeanOnlyBN"],
+        "train_ratio",
+        1.05,
+    ),
+    ("synchronized L-inf top-10 training step", SYNC, ["LinfBN top-10"], "train_ratio", 1.15),
+]
+
+
+def target_summary(results):
+    """Markdown lines: each target, its worst ratio per configuration, met or not."""
+    lines = [
+        "## Targets",
+        "",
+        "Each target against the worst candidate it covers in every configuration above "
+        "(generated from the tables; the weight-norm wrappers are also compared with Keras's "
+        "`SpectralNormalization`).",
+        "",
+        "| target | limit | worst ratio per configuration | met |",
+        "|---|---|---|---|",
+    ]
+    for label, groups, names, key, limit in TARGETS:
+        worst = [w for config in results if (w := worst_ratio(config, groups, names, key))]
+        if not worst:
+            continue
+        met = sum(ratio <= limit for ratio, _ in worst)
+        lines.append(
+            f"| {label} | {limit:.2f} | {'; '.join(text for _, text in worst)} | "
+            f"{met} of {len(worst)} |"
+        )
+    spectral = []
+    for config in results:
+        ratios = {row["candidate"]: row.get("train_ratio") for row in config["rows"]}
+        reference = ratios.get("keras SpectralNormalization")
+        wrappers = [ratios[n] for n in WEIGHT_NORM_WRAPPERS if ratios.get(n)]
+        if reference and wrappers:
+            spectral.append(max(wrappers) <= reference * 1.02)
+    if spectral:
+        lines.append(
+            f"| CWN, WN, BWN no slower than SpectralNormalization (within 2%) | – | – | "
+            f"{sum(spectral)} of {len(spectral)} |"
+        )
+    lines.append("")
+    return lines
+
+
+def worst_ratio(config, groups, names, key):
+    """`(ratio, cell text)` of the worst row of `config` a target covers, or None."""
+    values = [
+        (row[key], row["candidate"])
+        for row in config["rows"]
+        if row.get(key) and row["group"] in groups and (names is None or row["candidate"] in names)
+    ]
+    if not values:
+        return None
+    ratio, name = max(values)
+    tag = [config["model"], config["backend"], f"jit={config['jit']}", config["policy"]]
+    if config.get("replicas", 1) > 1:
+        tag.append(f"{config['replicas']} replicas")
+        if "MultiWorker" in config.get("distribution", ""):
+            tag.append("in 2 processes")
+    if len(values) > 1:
+        tag.append(name)
+    return ratio, f"{ratio:.3f} ({' '.join(tag)})"
+
+
+SYNC_HEADER = (
+    "every batch norm with `synchronized=True` over the replicas, "
+    "against Keras's `BatchNormalization` (on JAX Keras refuses `synchronized=True`, and the "
+    "step over the sharded batch reduces over the global batch for every candidate); "
+    "training steps only (inference reads the moving statistics, nothing synchronized); "
+    "their TensorFlow memory is the peak of the CPU allocator during one training step "
+    "above what was live before it."
+)
+
+
+def _sync_header(results, meta):
+    """SYNC_HEADER with the synchronized rows' own step count (results
+    saved before they had one timed `meta['steps']`)."""
+    steps = next(c.get("steps", meta["steps"]) for c in results if c.get("replicas", 1) > 1)
+    return f"Synchronized rows (median of {steps} timed steps): {SYNC_HEADER}"
+
+
+def format_report(results, meta, notes=None):
+    synchronized = any(config.get("replicas", 1) > 1 for config in results)
+    lines = [
+        "# Performance",
+        "",
+        f"Generated by `{meta.get('command', 'python benchmarks/bench.py')}` on {meta['date']}"
+        + (f" (wall time {meta['wall_minutes']:.1f} min)" if "wall_minutes" in meta else "")
+        + ": "
+        f"{meta['machine']}, Python {meta['python']}, Keras {meta['keras']}, "
+        f"TensorFlow {meta['tensorflow']}, JAX {meta['jax']}, PyTorch {meta.get('torch', '–')}. "
+        f"Median of {meta['steps']} timed "
+        f"steps after {meta['warmup']} warm-up steps, candidates alternated in one process. "
+        "Ratios are against the first row of each group (Keras `BatchNormalization`, or "
+        "the plain model); memory is XLA's planned bytes for one compiled training step "
+        + ("(JAX rows only)." if not synchronized else f"on JAX. {_sync_header(results, meta)}"),
+        "",
+    ]
+    for config in results:
+        lines += [
+            f"## {describe(config)}",
+            "",
+            "| group | candidate | train step (ms) | train ratio | inference (ms) | "
+            "inference ratio | step memory ratio |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in config["rows"]:
+
+            def ms(value):
+                return f"{value * 1000:.1f}" if value else "–"
+
+            def ratio(value):
+                return f"{value:.3f}" if value else "–"
+
+            lines.append(
+                f"| {row['group']} | {row['candidate']} | {ms(row['train_s'])} | "
+                f"{ratio(row.get('train_ratio'))} | {ms(row['infer_s'])} | "
+                f"{ratio(row.get('infer_ratio'))} | {ratio(row.get('memory_ratio'))} |"
+            )
+        lines.append("")
+    lines += target_summary(results)
+    if notes:
+        with open(notes) as f:
+            lines.append(f.read().rstrip())
+        lines.append("")
+    return "\n".join(lines)
+
+
+def describe(config):
+    """A configuration (a result's dict) in words: its section heading."""
+    text = (
+        f"{config['model']}, {config['backend']}, jit_compile={config['jit']}, {config['policy']}"
+    )
+    if config.get("device"):
+        text += f", on {config['device']}"
+    replicas = config.get("replicas", 1)  # older results have no synchronized rows
+    if replicas > 1:
+        where = (
+            config.get("distribution")
+            or DISTRIBUTIONS[config["backend"], config.get("workers", 1) > 1]
+        )
+        text += f", synchronized on {replicas} replicas ({where})"
+    return text
+
+
+def write_report(results, meta, output, notes=None):
+    """Print the report; unless `output` is '-', write it there and the raw
+    numbers beside it (`.json`, what `--rerender` reads)."""
+    report = format_report(results, meta, notes)
+    print(report)
+    if output != "-":
+        with open(output, "w") as f:
+            f.write(report + "\n")
+        with open(os.path.splitext(output)[0] + ".json", "w") as f:
+            json.dump({"meta": meta, "results": results}, f, indent=1)
