@@ -251,6 +251,40 @@ def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng
     )
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("masked", [False, True])
+def test_top_k_in_a_tensorflow_graph_is_an_xla_cluster_with_the_eager_values(masked, rng):
+    """In a traced TensorFlow function without jit_compile (what `fit` runs
+    by default) the top-k statistic runs as an XLA-compiled function of its
+    own, so that its elementwise passes fuse; value and gradients (ties and
+    masks included) equal the eager computation's."""
+    import tensorflow as tf
+
+    shape, k = (64, 8, 16), 10
+    x = tf.constant(np.round(rng.normal(size=shape) * 2) / 2, tf.float32)  # ties
+    mean = tf.constant(rng.normal(size=(1, 1, shape[-1])), tf.float32)
+    mask = tf.constant(rng.random((*shape[:-1], 1)) < 0.7) if masked else None
+
+    def value_and_grads(x, mean):
+        with tf.GradientTape() as tape:
+            tape.watch([x, mean])
+            value = select.top_k_deviation_mean(x, mean, k, -1, mask)
+            total = tf.reduce_sum(value * tf.range(1.0, shape[-1] + 1.0))
+        return [value, *tape.gradient(total, [x, mean])]
+
+    traced = tf.function(value_and_grads)
+    graph = traced.get_concrete_function(x, mean).graph
+    compiled_calls = [
+        op
+        for op in graph.get_operations()
+        if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
+    ]
+    assert compiled_calls, "no XLA-compiled call in the traced graph"
+    for got, want in zip(traced(x, mean), value_and_grads(x, mean), strict=True):
+        # float32 sums in another order: the mean gradient nets out to about 0.
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-5)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("axis", [-1, (0, 1)])
 def test_max_abs_deviation_and_its_gradient_match_numpy(axis, masked, rng):

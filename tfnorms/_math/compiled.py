@@ -41,3 +41,25 @@ def by_xla_on_cpu() -> bool:
     import tensorflow as tf
 
     return not tf.config.list_logical_devices("GPU")
+
+
+def in_tf_graph() -> bool:
+    """Whether TensorFlow is tracing a function that XLA does not compile
+    (`fit` without `jit_compile`, a SavedModel's graph)."""
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.inside_function() and not in_tf_xla()
+
+
+def as_xla_cluster(function):
+    """`function` compiled by XLA as a cluster of its own where TensorFlow
+    traces an unfused graph, which runs each elementwise op as a separate
+    pass over memory; `function` itself elsewhere. XLA compiles the cluster
+    for each shape it meets at run time."""
+    if not in_tf_graph():
+        return function
+    import tensorflow as tf
+
+    return tf.function(function, jit_compile=True, autograph=False)

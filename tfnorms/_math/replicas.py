@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfnorms._math import select
+from tfnorms._math import compiled, select
 from tfnorms._math.reduce import kept_axes, maximum, statistics_dtype, zero_if_empty
 
 
@@ -133,11 +133,17 @@ class Replicated:
         return mean, count, maximum(ops.maximum(high - mean, mean - low), 0.0)
 
     def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
-        deviation = x if centered_mean is None else x - centered_mean
-        magnitude = ops.abs(deviation)
-        if mask is not None:
-            magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
-        top = ops.cast(select.top_k_values(magnitude, k, axis, pad_to_k=True), dtype)
+        def local_top(x, *mean):
+            magnitude = ops.abs(x - mean[0] if mean else x)
+            if mask is not None:
+                magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
+            return select.top_k_values(magnitude, k, axis, pad_to_k=True)
+
+        # The selection is local (the collective comes after): XLA fuses it
+        # where TensorFlow's graph would not.
+        local_top = compiled.as_xla_cluster(local_top)
+        top = local_top(x) if centered_mean is None else local_top(x, centered_mean)
+        top = ops.cast(top, dtype)
         _, (gathered,) = self._merge([], [top])  # (replicas, channels, k)
         merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (x.shape[axis], -1))
         top, _ = ops.top_k(merged, k, sorted=False)

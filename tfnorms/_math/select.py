@@ -225,7 +225,7 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
 
         return value, gradient
 
-    top_mean = ops.custom_gradient(top_mean)
+    top_mean = compiled.as_xla_cluster(ops.custom_gradient(top_mean))
     return top_mean(x) if mean is None else top_mean(x, mean)
 
 
