@@ -101,13 +101,9 @@ def custom_train_step(model, x, y):
     import tensorflow as tf
 
     strategy = model.distribute_strategy
-    context = tf.distribute.InputContext(
-        num_input_pipelines=strategy.cluster_resolver.cluster_spec().num_tasks("worker"),
-        input_pipeline_id=strategy.cluster_resolver.task_id,
-        num_replicas_in_sync=strategy.num_replicas_in_sync,
-    )
-    share = len(x) // context.num_input_pipelines
-    rows = slice(context.input_pipeline_id * share, (context.input_pipeline_id + 1) * share)
+    resolver = strategy.cluster_resolver
+    share = len(x) // resolver.cluster_spec().num_tasks("worker")  # one replica each
+    rows = slice(resolver.task_id * share, (resolver.task_id + 1) * share)
     batch = [
         strategy.experimental_distribute_values_from_function(lambda _, a=a: tf.constant(a[rows]))
         for a in (x, y)

@@ -157,6 +157,11 @@ def _comparable(config):
     return {k: v for k, v in config.items() if k not in RUNTIME_KEYS}
 
 
+def tensorflow_available():
+    """Whether TensorFlow is installed (on JAX or PyTorch it may not be)."""
+    return importlib.util.find_spec("tensorflow") is not None
+
+
 def finish(config, model, dist, cifar, wall, stream):
     """The chief's last writes: final.keras, the stripped SavedModel, then
     results.json, last, so that it exists only for a finished run."""
@@ -164,7 +169,7 @@ def finish(config, model, dist, cifar, wall, stream):
     rows = read_log(out)
     save_model_atomic(model, os.path.join(out, FINAL_MODEL))
     # A SavedModel is TensorFlow's format: JAX or PyTorch alone cannot write one.
-    exported = importlib.util.find_spec("tensorflow") is not None
+    exported = tensorflow_available()
     if exported:
         export_stripped(model, os.path.join(out, SAVED_MODEL))
     else:

@@ -189,11 +189,7 @@ def _callbacks(config, dist, images_per_epoch, stream):
 
 def tensorboard_available():
     # Keras's TensorBoard callback writes through TensorFlow's summary ops.
-    return tensorflow_available() and importlib.util.find_spec("tensorboard") is not None
-
-
-def tensorflow_available():
-    return importlib.util.find_spec("tensorflow") is not None
+    return outputs.tensorflow_available() and importlib.util.find_spec("tensorboard") is not None
 
 
 def _fit(config, model, dist, cifar, steps_per_epoch, callbacks):
@@ -205,7 +201,7 @@ def _fit(config, model, dist, cifar, steps_per_epoch, callbacks):
 
     batch = config["batch_size"]
     augment = {"seed": config["seed"], "flip": config["flip"], "pad": config["pad"]}
-    if keras.backend.backend() != "tensorflow" and not tensorflow_available():
+    if keras.backend.backend() != "tensorflow" and not outputs.tensorflow_available():
         # JAX or PyTorch alone: the NumPy pipeline (batches.py).
         from cifar10 import batches
 

@@ -1,7 +1,7 @@
 """Whether the code being traced is compiled by XLA, where a chain of
 elementwise ops and reductions fuses into one pass: some kernels pick
-another formulation there (docs/design.md, "Formulations that depend on the
-compiler")."""
+another formulation there (docs/design.md: "Kernel-free weight norm", and
+the top-k selection under "Lp batch normalization")."""
 
 from __future__ import annotations
 

@@ -135,9 +135,7 @@ class Replicated:
 
     def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
         def local_top(x, *mean):
-            magnitude = ops.abs(x - mean[0] if mean else x)
-            if mask is not None:
-                magnitude = ops.where(mask, magnitude, -ops.ones_like(magnitude))
+            _, magnitude = select.deviation_magnitudes(x, mean[0] if mean else None, mask)
             return select.top_k_values(magnitude, k, axis, pad_to_k=True)
 
         # The selection is local (the collective comes after): XLA fuses it

@@ -22,8 +22,8 @@ from tfnorms._math.reduce import (
 
 # XLA on a CPU sorts for top_k; k rounds of a max and a first index of the
 # max, each one fused pass down the columns, cost less there for small k and
-# many channels. On a GPU XLA's top_k is faster (docs/design.md, "Formulations
-# that depend on the compiler", has the measurements).
+# many channels. On a GPU XLA's top_k is faster (docs/design.md, "Lp batch
+# normalization", top-k selection, has the measurements).
 MAX_ROUNDS_K = 16
 MIN_ROUNDS_CHANNELS = 256
 
@@ -147,6 +147,16 @@ def valid_mean(top):
     return total / maximum(count, 1.0)
 
 
+def deviation_magnitudes(x, mean, mask):
+    """`(x - mean, |x - mean|)`, the latter with the sentinel -1 where `mask`
+    is False (what `top_k_values` reads as not valid); `mean` None: 0."""
+    deviation = x if mean is None else x - mean
+    absolute = ops.abs(deviation)
+    if mask is not None:
+        absolute = ops.where(mask, absolute, -ops.ones((), dtype=x.dtype))
+    return deviation, absolute
+
+
 def top_k_deviation_mean(x, mean, k, axis, mask=None):
     """Per channel (per kept position), the mean of the k largest `|x - mean|`
     (of all of them where fewer than k are valid).
@@ -161,19 +171,13 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
     """
     ndim = len(x.shape)
     reduced = reduction_axes(ndim, axis)
-    sentinel = -ops.ones((), dtype=x.dtype)
     count_dtype = statistics_dtype(x.dtype)  # counts can pass float16's range
-
-    def magnitude(x, mean):
-        deviation = x if mean is None else x - mean
-        absolute = ops.abs(deviation)
-        return deviation, absolute if mask is None else ops.where(mask, absolute, sentinel)
 
     def top_mean(x, *mean):
         mean = mean[0] if mean else None
-        _, absolute = magnitude(x, mean)
+        _, absolute = deviation_magnitudes(x, mean, mask)
         top = top_k_values(absolute, k, axis, pad_to_k=True)
-        # The k-th largest; the sentinel if fewer are valid (`initial`: no rows at all).
+        # The k-th largest; the sentinel if fewer are valid.
         threshold = _bounded(
             ops.min,
             top,
@@ -185,7 +189,7 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            deviation, absolute = magnitude(x, mean)
+            deviation, absolute = deviation_magnitudes(x, mean, mask)
             cut = expand_statistics(threshold, ndim, axis)
             # Every entry above the k-th largest is one of the top k: count
             # those there, and only the entries reaching the cut over all of x
