@@ -300,6 +300,84 @@ def test_one_collective_per_statistics_stage(rng, monkeypatch):
     assert counts == expected, counts
 
 
+@tensorflow_only
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_synchronized_top_k_gradient_shares_ties_as_one_device(masked, rng):
+    """Where many deviations tie at the k-th largest, more of them on one
+    replica than k, the replicas' input gradients are one device's, which
+    shares what the entries above the tie leave among all tied ones: the
+    replicas must count ties they did not gather."""
+    import tensorflow as tf
+
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        synced = CONFIGS["top3"](synchronized=True)
+        synced.build((None, 3, 4))
+    single = CONFIGS["top3"]()
+    single.build((None, 3, 4))
+    # Per channel: +-3 once each and +-1 eleven times each, scaled per
+    # channel (mean 0 exactly); |x - mean| ties at the 3rd largest 22 times.
+    column = np.array([3.0, -3.0] + [1.0, -1.0] * 11)
+    x = np.stack([rng.permutation(column) * (c + 1) for c in range(4)], axis=-1)
+    x = x.reshape(8, 3, 4).astype("float32")
+    w = rng.normal(size=x.shape).astype("float32")
+    mask = np.ones((8, 3), bool)
+    if masked:  # mask a pair of tied entries of opposite signs: the mean stays 0
+        pair = [np.flatnonzero(np.abs(x[..., 0]) == 1)[0]]
+        pair.append(np.flatnonzero(x[..., 0].reshape(-1) == -x[..., 0].reshape(-1)[pair[0]])[0])
+        x[..., 1:] = np.abs(x[..., :1]) * np.sign(x[..., 1:]) * np.arange(2, 5)
+        mask.reshape(-1)[pair] = False
+
+    def gradients(layer, x, w, m):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(w * layer(x, training=True, mask=m) ** 3)
+        return tape.gradient(loss, x)
+
+    want = gradients(single, tf.constant(x), tf.constant(w), mask).numpy()
+    got = on_replicas(strategy, lambda *a: gradients(synced, *a), split(x), split(w), split(mask))
+    np.testing.assert_allclose(np.concatenate(got), want, rtol=1e-4, atol=1e-5)
+
+
+@tensorflow_only
+def test_synchronized_top_k_backward_makes_one_collective(rng, monkeypatch):
+    """The top-k statistics' backward pass sums the replicas' upstream
+    gradients in one all-reduce (autodiff of the two forward collectives
+    would make two)."""
+    import tensorflow as tf
+
+    calls = []
+    original = tf.distribute.ReplicaContext.all_reduce
+
+    def counting(self, *args, **kwargs):
+        calls.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        layer = tfnorms.LinfBatchNormalization(top_k=3, synchronized=True)
+        layer.build((None, 4))
+
+    def forward(x):
+        return layer(x, training=True)
+
+    def forward_and_backward(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            loss = tf.reduce_sum(layer(x, training=True) ** 3)
+        return tape.gradient(loss, x)
+
+    x = rng.normal(size=(8, 4)).astype("float32")
+    counts = {}
+    for name, step in (("forward", forward), ("both", forward_and_backward)):
+        calls.clear()
+        on_replicas(strategy, step, split(x))
+        counts[name] = len(calls) // strategy.num_replicas_in_sync
+    counts["backward"] = counts.pop("both") - counts["forward"]
+    assert counts == {"forward": 2, "backward": 1}, counts
+
+
 def sync_model():
     return keras.Sequential(
         [

@@ -120,6 +120,8 @@ def test_any_split_of_the_global_batch_is_exact(tmp_path, rng):
     forward = {kind: pair[0] for kind, pair in counts[0].items()}
     assert forward == {"p1": 2, "p2": 1, "pinf": 1, "top3": 2, "mean_only": 1}, counts[0]
     assert all(0 < back <= fwd for fwd, back in counts[0].values()), counts[0]
+    # top-k's mean and scale are one op whose backward sums both upstreams at once.
+    assert counts[0]["top3"][1] == 1, counts[0]
 
 
 def one_process_run(worker, masked, directory):

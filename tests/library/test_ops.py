@@ -13,6 +13,7 @@ from lp_reference import gaussian_abs_moment as np_gaussian_abs_moment
 from lp_reference import lp_statistics as np_lp_statistics
 
 from tfnorms._math import apply, reduce, select, stats
+from tfnorms._math.top_k import top_k_deviation_mean
 
 
 def t(x):
@@ -230,7 +231,7 @@ def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng
     weights = rng.uniform(1.0, 2.0, size=shape[-1])
 
     def weighted(x, mean):
-        value = select.top_k_deviation_mean(x, mean, k, -1, mask_t)
+        value = top_k_deviation_mean(x, mean, k, -1, mask_t)
         return ops.sum(value * ops.convert_to_tensor(weights, value.dtype))
 
     deviation = np.where(mask, np.abs(x - mean), -1.0).reshape(-1, shape[-1])
@@ -268,7 +269,7 @@ def test_top_k_in_a_tensorflow_graph_is_an_xla_cluster_with_the_eager_values(mas
     def value_and_grads(x, mean):
         with tf.GradientTape() as tape:
             tape.watch([x, mean])
-            value = select.top_k_deviation_mean(x, mean, k, -1, mask)
+            value = top_k_deviation_mean(x, mean, k, -1, mask)
             total = tf.reduce_sum(value * tf.range(1.0, shape[-1] + 1.0))
         return [value, *tape.gradient(total, [x, mean])]
 
@@ -338,9 +339,7 @@ def test_top_k_deviation_mean_splits_the_gradient_among_ties():
     """Five entries tie at the 3rd largest deviation: the two above it get
     1/3 each and the tied five share the last 1/3."""
     x = np.array([9.0, 8.0, 5.0, 5.0, 5.0, 5.0, 5.0, 1.0, 0.0, 0.0])[:, None]
-    value, grad = _function_and_gradient(
-        lambda v: ops.sum(select.top_k_deviation_mean(v, None, 3, -1)), x
-    )
+    value, grad = _function_and_gradient(lambda v: ops.sum(top_k_deviation_mean(v, None, 3, -1)), x)
     assert float(value) == pytest.approx((9 + 8 + 5) / 3)
     np.testing.assert_allclose(grad[:, 0], [1 / 3, 1 / 3] + [1 / 15] * 5 + [0, 0, 0], atol=1e-12)
 

@@ -5,8 +5,8 @@ call it at each stage that a synchronized computation must share (the mean and
 its count, the scale); they never test whether they run distributed.
 
 - `LOCAL`: no other replicas; every stage returns its input, and the two
-  selection stages use the single-device kernels of `tfnorms._math.select`,
-  whose gradients are written out.
+  selection stages use the single-device kernels of `tfnorms._math.select`
+  and `tfnorms._math.top_k`, whose gradients are written out.
 - `Replicated(merge)`: `merge(sums, gathers)` is one collective that sums
   `sums` over the replicas and stacks each of `gathers` on a new leading
   replica axis (`tfnorms.distribute.cross_replica_reduce` on TensorFlow).
@@ -21,8 +21,15 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfnorms._math import compiled, select
-from tfnorms._math.reduce import kept_axes, maximum, statistics_dtype, zero_if_empty
+from tfnorms._math import compiled, select, top_k
+from tfnorms._math.reduce import (
+    expand_statistics,
+    kept_axes,
+    masked_mean,
+    maximum,
+    statistics_dtype,
+    zero_if_empty,
+)
 
 
 def _local_moments(x, axes, count):
@@ -60,7 +67,13 @@ class LocalReduction:
 
     def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
         """The mean of the k largest `|x - mean|` per channel."""
-        return ops.cast(select.top_k_deviation_mean(x, centered_mean, k, axis, mask), dtype)
+        return ops.cast(top_k.top_k_deviation_mean(x, centered_mean, k, axis, mask), dtype)
+
+    def mean_and_top_k_mean(self, x, count, total, k, axis, mask, dtype):
+        """`(mean, count, mean of the k largest |x - mean|)` per channel."""
+        mean = masked_mean(x, axis, mask, count, total)
+        centered = expand_statistics(ops.cast(mean, x.dtype), len(x.shape), axis)
+        return mean, count, self.top_k_mean(x, centered, k, axis, mask, dtype)
 
 
 LOCAL = LocalReduction()
@@ -133,17 +146,11 @@ class Replicated:
         high, low = ops.max(highs, axis=0), ops.min(lows, axis=0)
         return mean, count, maximum(ops.maximum(high - mean, mean - low), 0.0)
 
-    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
-        def local_top(x, *mean):
-            _, magnitude = select.deviation_magnitudes(x, mean[0] if mean else None, mask)
-            return select.top_k_values(magnitude, k, axis, pad_to_k=True)
+    def mean_and_top_k_mean(self, x, count, total, k, axis, mask, dtype):
+        # One op: the backward pass then makes one collective, not two.
+        return top_k.merged_mean_and_top_k_mean(x, count, total, k, axis, mask, self._merge, dtype)
 
-        # The selection is local (the collective comes after): XLA fuses it
-        # where TensorFlow's graph would not.
-        local_top = compiled.as_xla_cluster(local_top)
-        top = local_top(x) if centered_mean is None else local_top(x, centered_mean)
-        top = ops.cast(top, dtype)
-        _, (gathered,) = self._merge([], [top])  # (replicas, channels, k)
-        merged = ops.reshape(ops.moveaxis(gathered, 0, 1), (x.shape[axis], -1))
-        top, _ = ops.top_k(merged, k, sorted=False)
-        return select.valid_mean(top)
+    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
+        return top_k.merged_top_k_deviation_mean(
+            x, centered_mean, k, axis, mask, self._merge, dtype
+        )

@@ -1,5 +1,6 @@
-"""Selection kernels: the k largest deviations and the extremes per channel,
-each with a closed-form gradient that stays elementwise on x's own layout.
+"""Selection kernels: the k largest entries per channel (the values that
+top-k batch norm averages, `tfnorms._math.top_k`), and the extremes per
+channel with L-inf batch norm's closed-form gradient.
 """
 
 from __future__ import annotations
@@ -136,104 +137,7 @@ def top_k_values(values, k, axis, pad_to_k=False):
     return top
 
 
-def valid_mean(top):
-    """Mean over the last axis of the entries that are not sentinels (< 0), in
-    the statistics dtype: k float16 values can sum past float16's range. A NaN
-    entry counts, so that a NaN input shows in the result."""
-    top = ops.cast(top, statistics_dtype(top.dtype))
-    valid = ops.logical_not(top < 0)
-    total = ops.sum(ops.where(valid, top, ops.zeros_like(top)), axis=-1)
-    count = ops.sum(ops.cast(valid, top.dtype), axis=-1)
-    return total / maximum(count, 1.0)
-
-
-def deviation_magnitudes(x, mean, mask):
-    """`(x - mean, |x - mean|)`, the latter with the sentinel -1 where `mask`
-    is False (what `top_k_values` reads as not valid); `mean` None: 0."""
-    deviation = x if mean is None else x - mean
-    absolute = ops.abs(deviation)
-    if mask is not None:
-        absolute = ops.where(mask, absolute, -ops.ones((), dtype=x.dtype))
-    return deviation, absolute
-
-
-def top_k_deviation_mean(x, mean, k, axis, mask=None):
-    """Per channel (per kept position), the mean of the k largest `|x - mean|`
-    (of all of them where fewer than k are valid).
-
-    `mean` broadcasts against `x` (None: 0); `mask` as in `lp_statistics`.
-    The values come from `top_k_values`; the gradient is written out, so that
-    it is elementwise on `x`'s own layout: 1/k on the k largest deviations
-    (ties at the k-th largest share what is left), times the sign of
-    `x - mean`. Autodiff through top_k would scatter into a zero tensor of
-    x's size and keep the deviations alive until the backward pass; this
-    keeps per-channel numbers only and recomputes the deviations from `x`.
-    """
-    ndim = len(x.shape)
-    reduced = reduction_axes(ndim, axis)
-    count_dtype = statistics_dtype(x.dtype)  # counts can pass float16's range
-
-    def top_mean(x, *mean):
-        mean = mean[0] if mean else None
-        _, absolute = deviation_magnitudes(x, mean, mask)
-        top = top_k_values(absolute, k, axis, pad_to_k=True)
-        # The k-th largest; the sentinel if fewer are valid.
-        threshold = _bounded(
-            ops.min,
-            top,
-            (len(top.shape) - 1,),
-            FLOAT_MAX[keras.backend.standardize_dtype(top.dtype)],
-        )
-        value = valid_mean(top)
-
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            deviation, absolute = deviation_magnitudes(x, mean, mask)
-            cut = expand_statistics(threshold, ndim, axis)
-            # Every entry above the k-th largest is one of the top k: count
-            # those there, and only the entries reaching the cut over all of x
-            # (fewer passes over x: TensorFlow's graph runs each op unfused).
-            above_count = ops.sum(
-                ops.cast(top > ops.expand_dims(threshold, -1), count_dtype), axis=-1
-            )
-            reached = absolute >= cut
-            tied_count = ops.sum(ops.cast(reached, count_dtype), axis=reduced) - above_count
-            upstream = ops.cast(upstream, count_dtype)
-            full = threshold >= 0
-            # With k valid entries or more: 1/k each above the threshold, and the
-            # remaining k - above_count shared by the tied ones. With fewer: 1/count
-            # each (the cut is then the sentinel, which masked entries reach: 0 there).
-            selected = ops.where(full, float(k), above_count)
-            per_above = upstream / maximum(selected, 1.0)
-            per_tied = ops.where(
-                full, per_above * (k - above_count) / maximum(tied_count, 1.0), 0.0
-            )
-            weight = ops.where(
-                reached,
-                ops.where(
-                    absolute > cut,
-                    expand_statistics(ops.cast(per_above, x.dtype), ndim, axis),
-                    expand_statistics(ops.cast(per_tied, x.dtype), ndim, axis),
-                ),
-                0,
-            )
-            grad_x = weight * ops.sign(deviation)
-            if mean is None:
-                return grad_x
-            grad_mean = -ops.sum(grad_x, axis=reduced, keepdims=True)
-            # mean's static shape may hold None (the batch axis of a layer norm
-            # in a traced graph): reshape to its run-time shape then.
-            mean_shape = mean.shape if None not in mean.shape else ops.shape(mean)
-            return grad_x, ops.reshape(grad_mean, mean_shape)
-
-        return value, gradient
-
-    top_mean = compiled.as_xla_cluster(ops.custom_gradient(top_mean))
-    return top_mean(x) if mean is None else top_mean(x, mean)
-
-
-def _bounded(reduce, values, axes, bound):
+def bounded(reduce, values, axes, bound):
     """`reduce` (ops.max or ops.min) over `axes`, `bound` where the reduction
     is empty. Keras's PyTorch max and min refuse an empty tensor without
     `initial`, return a scalar with it, and make it a CPU tensor (a device
@@ -258,8 +162,8 @@ def extremes(x, axis, mask):
     if mask is not None:
         high_values = ops.where(mask, x, ops.full_like(x, -limit))
         low_values = ops.where(mask, x, ops.full_like(x, limit))
-    high = _bounded(ops.max, high_values, axes, -limit)
-    low = _bounded(ops.min, low_values, axes, limit)
+    high = bounded(ops.max, high_values, axes, -limit)
+    low = bounded(ops.min, low_values, axes, limit)
     dtype = statistics_dtype(x.dtype)
     return ops.cast(high, dtype), ops.cast(low, dtype)
 

@@ -107,6 +107,13 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
         mean, variance, count = reduction.moments(x, reduction_axes(ndim, axis), count)
         return Statistics(mean, variance, count, None)
 
+    if math.isinf(p) and center:
+        mean, count, top_mean = reduction.mean_and_top_k_mean(
+            x, count, total, top_k, axis, mask, dtype
+        )
+        scale = linf_constant(count) * top_mean
+        return Statistics(mean, ops.square(scale), count, scale)
+
     local_count = count
     if center:  # pass 1: the mean
         mean, count = reduction.mean(masked_mean(x, axis, mask, local_count, total), count)
