@@ -106,15 +106,19 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
             # w_hat = centered * inverse_norm recomputed, written as
             # factor * upstream - centered * (per-unit) - (per-unit): the
             # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
-            centered = v - mean if center else v
-            projection = inverse_norm * ops.sum(
-                upstream * centered, axis=reduce_axes, keepdims=True
-            )
-            along_unit = centered * (factor * inverse_norm * projection)
             if center:
-                upstream_mean = ops.sum(upstream, axis=reduce_axes, keepdims=True) / count
-                along_unit = along_unit + factor * upstream_mean
-            grad_v = factor * upstream - along_unit
+                # <upstream, v - mean> as <upstream, v> - mean * sum(upstream):
+                # v - mean, used by both reductions and the update, would
+                # otherwise be a kernel-sized buffer of its own under XLA.
+                upstream_sum = ops.sum(upstream, axis=reduce_axes, keepdims=True)
+                inner = ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
+                projection = inverse_norm * (inner - mean * upstream_sum)
+                along = factor * inverse_norm * projection
+                shift = factor * upstream_sum / count - mean * along
+                grad_v = factor * upstream - v * along - shift
+            else:
+                projection = inverse_norm * ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
+                grad_v = factor * upstream - v * (factor * inverse_norm * projection)
             if not scale:
                 return grad_v
             if len(scale[0].shape) == 0:
