@@ -26,33 +26,34 @@ from tfnorms._math.reduce import (
 # many channels. On a GPU XLA's top_k is faster (docs/design.md, "Lp batch
 # normalization", top-k selection, has the measurements).
 MAX_ROUNDS_K = 16
-MIN_ROUNDS_CHANNELS = 256
+MIN_ROUNDS_CHANNELS = 128
 
 
 def k_largest_columns(values, k):
     """(values, row indices), each (k, columns), of the k largest entries of
     each column of the 2-D `values`, in no particular order; `values` must
-    have at least k rows."""
+    have at least k rows. Not differentiated (see `top_k_values`)."""
+    values = ops.stop_gradient(values)
     rounds = k <= MAX_ROUNDS_K and values.shape[1] >= MIN_ROUNDS_CHANNELS
     if not (rounds and compiled.by_xla_on_cpu()):
         top, at = ops.top_k(ops.transpose(values), k, sorted=False)
         return ops.transpose(top), ops.transpose(at)
+    original = values
+    # A NaN ranks as the largest: as +inf for the rounds, whose max need not
+    # propagate NaN under XLA; the values are read back from `original`.
+    values = ops.where(ops.isnan(values), float("inf"), values)
     rows = values.shape[0]
     positions = ops.expand_dims(ops.arange(rows, dtype="int32"), -1)
     taken = -FLOAT_MAX[keras.backend.standardize_dtype(values.dtype)]
-    picked, picked_at = [], []
+    picked_at = []
     for _ in range(k):
-        top = ops.max(ops.stop_gradient(values), axis=0, keepdims=True)
-        # The first row holding the maximum (a NaN, which max propagates, is the largest).
-        holds = ops.logical_or(values == top, ops.isnan(values))
-        at = ops.min(ops.where(holds, positions, rows), axis=0, keepdims=True)
-        chosen = positions == at
-        # The chosen entry itself, so that its gradient goes to that one entry
-        # (max's gradient would be shared among ties).
-        picked.append(ops.sum(ops.where(chosen, values, 0), axis=0))
+        top = ops.max(values, axis=0, keepdims=True)
+        # The first row holding the maximum: exactly one entry leaves per round.
+        at = ops.min(ops.where(values == top, positions, rows), axis=0, keepdims=True)
         picked_at.append(at[0])
-        values = ops.where(chosen, taken, values)
-    return ops.stack(picked), ops.stack(picked_at)
+        values = ops.where(positions == at, taken, values)
+    picked_at = ops.stack(picked_at)
+    return ops.take_along_axis(original, picked_at, axis=0), picked_at
 
 
 def _top_k_block_size(n, k):
@@ -85,7 +86,7 @@ def _blockwise_top_k(values, k, block):
     """
     n, channels = values.shape
     blocks = n // block
-    maxima = ops.max(ops.reshape(ops.stop_gradient(values), (blocks, block, channels)), axis=1)
+    maxima = ops.max(ops.reshape(values, (blocks, block, channels)), axis=1)
     _, best = k_largest_columns(maxima, k)  # (k, channels) block indices
     # Flat index of row i of block best[j, c] in channel c: (best * block + i) * channels + c.
     rows = ops.expand_dims(best, 1) * block + ops.reshape(
@@ -104,9 +105,14 @@ def top_k_values(values, k, axis, pad_to_k=False):
 
     `values` must be >= 0 where valid and negative (a sentinel) where masked.
     When a channel has fewer than k elements, the missing entries are the
-    sentinel -1, so that `valid_mean` can tell them apart; with `pad_to_k`
+    sentinel -1, so that `top_k.valid_mean` can tell them apart; with `pad_to_k`
     the result always has exactly k columns (equal shapes on every replica).
+
+    Not differentiated: its callers (`tfnorms._math.top_k`) write out their
+    gradients, so the selection keeps no autodiff bookkeeping, and each
+    round of `k_largest_columns` returns its maximum as it is.
     """
+    values = ops.stop_gradient(values)
     ndim = len(values.shape)
     kept, reduced = kept_axes(ndim, axis), reduction_axes(ndim, axis)
     order = kept + reduced
