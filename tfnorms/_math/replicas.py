@@ -23,7 +23,9 @@ from keras import ops
 
 from tfnorms._math import compiled, select, top_k
 from tfnorms._math.reduce import (
+    expand_statistics,
     kept_axes,
+    masked_mean,
     maximum,
     statistics_dtype,
     zero_if_empty,
@@ -69,8 +71,9 @@ class LocalReduction:
 
     def mean_and_top_k_mean(self, x, count, total, k, axis, mask, dtype):
         """`(mean, count, mean of the k largest |x - mean|)` per channel."""
-        mean, top_mean = top_k.mean_and_top_k_deviation_mean(x, count, total, k, axis, mask, dtype)
-        return mean, count, top_mean
+        mean = masked_mean(x, axis, mask, count, total)
+        centered = expand_statistics(ops.cast(mean, x.dtype), len(x.shape), axis)
+        return mean, count, self.top_k_mean(x, centered, k, axis, mask, dtype)
 
 
 LOCAL = LocalReduction()

@@ -165,46 +165,6 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
     return top_mean(x) if mean is None else top_mean(x, mean)
 
 
-def mean_and_top_k_deviation_mean(x, count, total, k, axis, mask, dtype):
-    """`(mean, mean of the k largest |x - mean|)` per channel (per kept
-    position), in `dtype`, as one op; `count` and `total` as `masked_mean`
-    takes them.
-
-    The gradient is written out for both at once: with `u` the top-k mean's
-    weights at a fixed mean (`_unit_weights`) and `A` their sum per channel,
-    `d/dx_i = valid_i (G_mean - G_top A) / count + G_top u_i`. In a
-    TensorFlow graph without XLA the whole op is one XLA cluster, so the
-    mean's share of the gradient fuses into the same pass (autodiff would
-    add it to the input gradient as a separate op over x).
-    """
-    ndim = len(x.shape)
-    reduced = reduction_axes(ndim, axis)
-
-    def statistics(x):
-        mean = masked_mean(x, axis, mask, count, total)
-        centered = expand_statistics(ops.cast(mean, x.dtype), ndim, axis)
-        _, absolute = deviation_magnitudes(x, centered, mask)
-        top = top_k_values(absolute, k, axis, pad_to_k=True)
-        cut = Cut.of(top)
-
-        def gradient(*args, upstream=None):
-            upstream = ops.cast(_upstream_only(args, upstream), dtype)
-            _, _, _, reached = _reaching(x, centered, mask, cut.threshold, axis)
-            reached_count = _reached_count(reached, axis, cut.above.dtype)
-            weights = _unit_weights(x, centered, mask, axis, k, cut, reached_count)
-            weights_sum = ops.sum(ops.cast(weights, dtype), axis=reduced)
-            divisor = maximum(ops.cast(count, dtype), 1.0)
-            shared = (upstream[0] - upstream[1] * weights_sum) / divisor
-            valid = ops.ones((), x.dtype) if mask is None else ops.cast(mask, x.dtype)
-            shared = expand_statistics(ops.cast(shared, x.dtype), ndim, axis)
-            return valid * shared + _scaled(upstream[1], weights, axis)
-
-        return ops.stack([ops.cast(mean, dtype), ops.cast(valid_mean(top), dtype)]), gradient
-
-    mean, value = ops.unstack(compiled.as_xla_cluster(ops.custom_gradient(statistics))(x))
-    return mean, value
-
-
 class _Merged:
     """The global k largest deviations from replicas' shares, with one
     collective forward (see `merged_top_k_deviation_mean`)."""
