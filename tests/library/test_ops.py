@@ -178,6 +178,31 @@ def test_k_largest_columns_match_a_sort_under_xla_on_a_cpu(ties, rng, monkeypatc
         np.testing.assert_array_equal(x[at[:, c], c], top[:, c])
 
 
+@pytest.mark.parametrize("ties", [False, True])
+def test_nested_blockwise_top_k_under_xla_on_a_cpu(ties, rng, monkeypatch):
+    """With many rows and channels, under XLA on a CPU, the k largest block
+    maxima come blockwise too (blocks of the maxima): the values are still
+    each channel's k largest, with ties and sentinels."""
+    k, shape = 10, (1024, select.MIN_NESTED_CHANNELS)
+    x = np.abs(rng.normal(size=shape)).astype("float32")
+    if ties:
+        x = np.round(x * 2) / 2
+        x[rng.random(shape) < 0.2] = -1.0
+    calls = []
+    original = select._blockwise_top_k
+
+    def counting(*args):
+        calls.append(args[0].shape)
+        return original(*args)
+
+    monkeypatch.setattr(select, "_blockwise_top_k", counting)
+    top = to_numpy(_xla_compiled(lambda v: select.top_k_values(v, k, -1))(t(x)))
+    want = -np.sort(-x, axis=0)[:k].T
+    np.testing.assert_array_equal(-np.sort(-top, axis=-1), want)
+    if keras.backend.backend() != "torch":  # PyTorch is never compiled by XLA
+        assert len(calls) == 2, calls
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize(("shape", "k"), [((16, 4, 3), 5), ((3, 2, 3), 10)])
 def test_top_k_deviation_mean_and_its_gradient_match_numpy(shape, k, masked, rng):

@@ -27,6 +27,8 @@ from tfnorms._math.reduce import (
 # normalization", top-k selection, has the measurements).
 MAX_ROUNDS_K = 16
 MIN_ROUNDS_CHANNELS = 128
+MIN_NESTED_ROWS = 100
+MIN_NESTED_CHANNELS = 256
 
 
 def k_largest_columns(values, k):
@@ -34,8 +36,7 @@ def k_largest_columns(values, k):
     each column of the 2-D `values`, in no particular order; `values` must
     have at least k rows. Not differentiated (see `top_k_values`)."""
     values = ops.stop_gradient(values)
-    rounds = k <= MAX_ROUNDS_K and values.shape[1] >= MIN_ROUNDS_CHANNELS
-    if not (rounds and compiled.by_xla_on_cpu()):
+    if not _takes_rounds(values, k):
         top, at = ops.top_k(ops.transpose(values), k, sorted=False)
         return ops.transpose(top), ops.transpose(at)
     original = values
@@ -71,32 +72,43 @@ def _top_k_block_size(n, k):
     return best
 
 
+def _takes_rounds(values, k):
+    """Whether `k_largest_columns` takes the rounds of maxima for `values`."""
+    rounds = k <= MAX_ROUNDS_K and values.shape[1] >= MIN_ROUNDS_CHANNELS
+    return rounds and compiled.by_xla_on_cpu()
+
+
 def _blockwise_top_k(values, k, block):
-    """The k largest entries of each column of the (n, channels) `values`,
-    as a (channels, k) tensor, without sorting whole columns.
+    """(values, row indices), each (k, channels), of the k largest entries of
+    each column of the (n, channels) `values`, without sorting whole columns.
 
     Split each column into n / block contiguous blocks and take each block's
     maximum (one channels-last pass). The k blocks with the largest maxima
     hold the column's k largest values (any value above the k-th largest
     block maximum lies in a block whose maximum is above it too, and those
-    k maxima are themselves k values at least that large), so a top_k over
-    those k * block gathered entries gives the same values. On a CIFAR-sized
-    activation this costs a fraction of a transpose plus a full per-channel
-    top_k, and its gradient is a small scatter instead of a transpose back.
+    k maxima are themselves k values at least that large), so the k largest
+    of those k * block gathered entries are the same values. On a
+    CIFAR-sized activation this costs a fraction of a transpose plus a full
+    per-channel top_k.
+
+    Where the rounds of maxima pick, the k largest block maxima come the
+    same way from blocks of the maxima once there are at least
+    `MIN_NESTED_ROWS` of them and `MIN_NESTED_CHANNELS` channels: fewer
+    rows for the rounds to pass over (docs/design.md has the measurements).
     """
     n, channels = values.shape
     blocks = n // block
     maxima = ops.max(ops.reshape(values, (blocks, block, channels)), axis=1)
-    _, best = k_largest_columns(maxima, k)  # (k, channels) block indices
-    # Flat index of row i of block best[j, c] in channel c: (best * block + i) * channels + c.
-    rows = ops.expand_dims(best, 1) * block + ops.reshape(
-        ops.arange(block, dtype=best.dtype), (1, block, 1)
-    )
-    column = ops.arange(channels, dtype=best.dtype)
-    indices = ops.reshape(rows * channels + column, (k * block, channels))
-    candidates = ops.take(ops.reshape(values, (-1,)), indices)
-    top, _ = k_largest_columns(candidates, k)
-    return ops.transpose(top)
+    inner = _top_k_block_size(blocks, k)
+    nested = blocks >= MIN_NESTED_ROWS and channels >= MIN_NESTED_CHANNELS
+    if inner is not None and nested and _takes_rounds(maxima, k):
+        _, best = _blockwise_top_k(maxima, k, inner)
+    else:
+        _, best = k_largest_columns(maxima, k)  # (k, channels) block indices
+    offsets = ops.reshape(ops.arange(block, dtype=best.dtype), (1, block, 1))
+    rows = ops.reshape(ops.expand_dims(best, 1) * block + offsets, (k * block, channels))
+    top, at = k_largest_columns(ops.take_along_axis(values, rows, axis=0), k)
+    return top, ops.take_along_axis(rows, at, axis=0)
 
 
 def top_k_values(values, k, axis, pad_to_k=False):
@@ -124,7 +136,8 @@ def top_k_values(values, k, axis, pad_to_k=False):
         # Channels last with a static element count: the blockwise top-k.
         block = _top_k_block_size(n, k)
         if block is not None:
-            return _blockwise_top_k(ops.reshape(values, (n, sizes_kept[0])), k, block)
+            top, _ = _blockwise_top_k(ops.reshape(values, (n, sizes_kept[0])), k, block)
+            return ops.transpose(top)
     flat = ops.reshape(moved, (*sizes_kept, -1 if n is None else n))
 
     def sentinels(columns):
