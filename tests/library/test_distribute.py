@@ -262,13 +262,9 @@ def test_synchronized_gradients_equal_global_batch(name, rng):
         np.testing.assert_allclose(replicas[0] + replicas[1], total, rtol=1e-4, atol=1e-4)
 
 
-@tensorflow_only
-def test_one_collective_per_statistics_stage(rng, monkeypatch):
-    """Stacked reductions per replica and training call: two all-reduces for
-    LpBatchNormalization (mean; scale), one for p=2 (the replicas' moments
-    gathered), one for the maximum (mean, max and min together) and for
-    MeanOnlyBatchNormalization, where Keras's synchronized
-    BatchNormalization issues three."""
+def counted_all_reduces(monkeypatch):
+    """A list that grows by one at each `ReplicaContext.all_reduce` call
+    (the collectives' gradients call it too)."""
     import tensorflow as tf
 
     calls = []
@@ -279,6 +275,18 @@ def test_one_collective_per_statistics_stage(rng, monkeypatch):
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    return calls
+
+
+@tensorflow_only
+def test_one_collective_per_statistics_stage(rng, monkeypatch):
+    """Stacked reductions per replica and training call: two all-reduces for
+    LpBatchNormalization (mean; scale), one for p=2 (the replicas' moments
+    gathered), one for the maximum (mean, max and min together) and for
+    MeanOnlyBatchNormalization, where Keras's synchronized
+    BatchNormalization issues three."""
+
+    calls = counted_all_reduces(monkeypatch)
     strategy = mirrored_strategy()
     x = rng.normal(size=(8, 4)).astype("float32")
     counts = {}
@@ -346,14 +354,7 @@ def test_synchronized_top_k_backward_makes_one_collective(rng, monkeypatch):
     would make two)."""
     import tensorflow as tf
 
-    calls = []
-    original = tf.distribute.ReplicaContext.all_reduce
-
-    def counting(self, *args, **kwargs):
-        calls.append(1)
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(tf.distribute.ReplicaContext, "all_reduce", counting)
+    calls = counted_all_reduces(monkeypatch)
     strategy = mirrored_strategy()
     with strategy.scope():
         layer = tfnorms.LinfBatchNormalization(top_k=3, synchronized=True)
