@@ -444,3 +444,33 @@ def test_cross_replica_reduce_is_identity_without_replicas():
     assert distribute.reduction(False) is LOCAL
     if not is_tensorflow():
         assert distribute.replica_context() is None
+
+
+@pytest.mark.parametrize("center", [True, False], ids=["centered", "uncentered"])
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+def test_merged_top_k_on_one_replica_equals_local(center, masked, rng):
+    """The synchronized top-k ops (`replicas.Replicated`), with a merge that
+    sees one replica, give the local statistics and gradients: values, ties
+    at the k-th largest and masks included."""
+    from tfnorms._math import replicas
+
+    def one_replica(sums, gathers):
+        return list(sums), [ops.expand_dims(g, 0) for g in gathers]
+
+    x = np.round(rng.normal(size=(12, 3, 4)) * 2) / 2  # ties everywhere
+    mask = rng.random((12, 3, 1)) < 0.7 if masked else None
+    weights = rng.uniform(1.0, 2.0, size=(2, 4))
+
+    def loss(reduction):
+        def weighted(x):
+            m = None if mask is None else ops.convert_to_tensor(mask)
+            result = stats.statistics(x, -1, math.inf, 3, m, reduction=reduction, center=center)
+            w = ops.convert_to_tensor(weights, result.mean.dtype)
+            return ops.sum(result.mean * w[0]) + ops.sum(result.scale * w[1])
+
+        return weighted
+
+    want_value, (want_grad,) = value_and_gradients(loss(replicas.LOCAL), x)
+    got_value, (got_grad,) = value_and_gradients(loss(replicas.Replicated(one_replica)), x)
+    np.testing.assert_allclose(got_value, want_value, rtol=1e-12)
+    np.testing.assert_allclose(got_grad, want_grad, rtol=1e-10, atol=1e-12)

@@ -65,15 +65,16 @@ class LocalReduction:
         """`(mean, count, max|x - mean|)` per channel."""
         return mean, count, select.max_abs_deviation(x, mean, axis, mask)
 
-    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
-        """The mean of the k largest `|x - mean|` per channel."""
-        return ops.cast(top_k.top_k_deviation_mean(x, centered_mean, k, axis, mask), dtype)
+    def top_k_mean(self, x, k, axis, mask, dtype):
+        """The mean of the k largest `|x|` per channel (uncentered)."""
+        return ops.cast(top_k.top_k_deviation_mean(x, None, k, axis, mask), dtype)
 
     def mean_and_top_k_mean(self, x, count, total, k, axis, mask, dtype):
         """`(mean, count, mean of the k largest |x - mean|)` per channel."""
         mean = masked_mean(x, axis, mask, count, total)
         centered = expand_statistics(ops.cast(mean, x.dtype), len(x.shape), axis)
-        return mean, count, self.top_k_mean(x, centered, k, axis, mask, dtype)
+        top_mean = top_k.top_k_deviation_mean(x, centered, k, axis, mask)
+        return mean, count, ops.cast(top_mean, dtype)
 
 
 LOCAL = LocalReduction()
@@ -150,7 +151,5 @@ class Replicated:
         # One op: the backward pass then makes one collective, not two.
         return top_k.merged_mean_and_top_k_mean(x, count, total, k, axis, mask, self._merge, dtype)
 
-    def top_k_mean(self, x, centered_mean, k, axis, mask, dtype):
-        return top_k.merged_top_k_deviation_mean(
-            x, centered_mean, k, axis, mask, self._merge, dtype
-        )
+    def top_k_mean(self, x, k, axis, mask, dtype):
+        return top_k.merged_top_k_magnitude_mean(x, k, axis, mask, self._merge, dtype)

@@ -129,7 +129,7 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
     # Pass 2: the deviations and the scale.
     scale = None
     if math.isinf(p):
-        top_mean = reduction.top_k_mean(x, centered_mean, top_k, axis, mask, dtype)
+        top_mean = reduction.top_k_mean(x, top_k, axis, mask, dtype)  # uncentered here
         scale = linf_constant(count) * top_mean
         variance = ops.square(scale)
     else:

@@ -167,7 +167,21 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
 
 class _Merged:
     """The global k largest deviations from replicas' shares, with one
-    collective forward (see `merged_top_k_deviation_mean`)."""
+    collective forward: each replica's k largest deviations are gathered by
+    one call of `merge(sums, gathers)` (see `replicas.Replicated`) and the k
+    largest of those are the global ones (a replica's entries above the
+    global k-th largest are fewer than k, so all are among its own k
+    largest).
+
+    The gradients are written out as on one device, from the global
+    threshold t and the global count of entries reaching it. Each replica
+    counts, in the same pass as its selection, its entries reaching its own
+    k-th largest t_r and sends that count with its k values. t >= t_r (else
+    the replica alone would hold k entries above t); where t > t_r, the
+    replica's entries reaching t are among its gathered k, and where
+    t = t_r, they are the count it sent. So ties beyond a replica's own k
+    cost no second collective.
+    """
 
     def __init__(self, k, axis, mask, merge, dtype):
         self.k, self.axis, self.mask, self.merge, self.dtype = k, axis, mask, merge, dtype
@@ -203,51 +217,32 @@ class _Merged:
         return valid_mean(top), cut, reached
 
 
-def merged_top_k_deviation_mean(x, mean, k, axis, mask, merge, dtype):
-    """`top_k_deviation_mean` of the global batch around a given (global)
-    `mean`, x being this replica's share: each replica's k largest
-    deviations are gathered by one call of `merge(sums, gathers)` (see
-    `replicas.Replicated`) and the k largest of those are the global ones (a
-    replica's entries above the global k-th largest are fewer than k, so all
-    are among its own k largest).
-
-    The gradient is written out as on one device, from the global threshold
-    t and the global count of entries reaching it. Each replica counts, in
-    the same pass as its selection, its entries reaching its own k-th
-    largest t_r and sends that count with its k values. t >= t_r (else the
-    replica alone would hold k entries above t); where t > t_r, the
-    replica's entries reaching t are among its gathered k, and where
-    t = t_r, they are the count it sent. So ties beyond a replica's own k
-    cost no second collective. The backward pass makes one, summing the
-    replicas' upstream gradients (each replica's loss depends on the shared
-    statistic).
-    """
+def merged_top_k_magnitude_mean(x, k, axis, mask, merge, dtype):
+    """The mean of the global batch's k largest `|x|` per channel (uncentered
+    statistics), x being this replica's share: one collective forward
+    (`_Merged.top`), one backward that sums the replicas' upstream
+    gradients (each replica's loss depends on the shared statistic)."""
     merged = _Merged(k, axis, mask, merge, dtype)
     weights_at_cut = compiled.as_xla_cluster(merged.weights)
 
-    def top_mean(x, *mean):
-        value, cut, reached = merged.top(x, *mean)
+    def top_mean(x):
+        value, cut, reached = merged.top(x)
 
         def gradient(*args, upstream=None):
             upstream = ops.cast(_upstream_only(args, upstream), dtype)
             (upstream,), _ = merge([upstream], [])
-            weights = weights_at_cut(x, cut.threshold, cut.above, reached, *mean)
-            grad_x = _scaled(upstream, weights, axis)
-            if not mean:
-                return grad_x
-            grad_mean = -ops.sum(grad_x, axis=reduction_axes(len(x.shape), axis), keepdims=True)
-            return grad_x, ops.reshape(grad_mean, mean[0].shape)
+            weights = weights_at_cut(x, cut.threshold, cut.above, reached)
+            return _scaled(upstream, weights, axis)
 
         return value, gradient
 
-    top_mean = ops.custom_gradient(top_mean)
-    return top_mean(x) if mean is None else top_mean(x, mean)
+    return ops.custom_gradient(top_mean)(x)
 
 
 def merged_mean_and_top_k_mean(x, count, total, k, axis, mask, merge, dtype):
     """`(mean, count, top_mean)` of the global batch, x being this replica's
     share: the mean with the global count by one collective, then the mean
-    of the k largest `|x - mean|` as `merged_top_k_deviation_mean` does.
+    of the k largest `|x - mean|` as `_Merged.top` does.
 
     One op with a written-out gradient, so that the backward pass makes one
     collective where autodiff would make two (the mean's and the top-k
