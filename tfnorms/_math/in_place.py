@@ -4,7 +4,7 @@ In PyTorch's eager mode every op over x allocates a tensor of x's size,
 and in a training step allocating and first touching that memory costs
 more than the arithmetic: the backward pass of one top-k batch norm
 layer on 1024x512 float32 made about twelve such tensors. Here the same
-values (`top_k._sides`, `top_k._reached_count`, `top_k._signed_weights`)
+values (`top_k._unit_weights` and the count of entries reaching the cut)
 come from three buffers that the later steps overwrite. Under XLA
 (TensorFlow's graphs and JAX) the passes fuse and none of this applies.
 """
@@ -33,7 +33,7 @@ def sides(x, mean, cut):
 
 def signed_weights(sign, side, squared, tied, half):
     """`(tied - tied side^2 + half (side^2 + side)) * sign`, the top-k
-    weights (`top_k._signed_weights`), over the buffers of `sides`, which
+    weights (`top_k._unit_weights` times the upstream gradient), over the buffers of `sides`, which
     it consumes."""
     above = side.add_(squared).mul_(half)
     return squared.mul_(tied).neg_().add_(tied).add_(above).mul_(sign)
