@@ -32,8 +32,9 @@ def sides(x, mean, cut):
 
 
 def signed_weights(sign, side, squared, tied, half):
-    """`(tied - tied side^2 + half (side^2 + side)) * sign`, the top-k
-    weights (`top_k._unit_weights` times the upstream gradient), over the buffers of `sides`, which
-    it consumes."""
+    """`(tied - tied side^2 + half (side^2 + side)) * sign`: the top-k
+    weights (`top_k._unit_weights`) times the upstream gradient, exactly
+    `2 half`, `tied` and 0 at side 1, 0 and -1; over the buffers of
+    `sides`, which it consumes."""
     above = side.add_(squared).mul_(half)
     return squared.mul_(tied).neg_().add_(tied).add_(above).mul_(sign)

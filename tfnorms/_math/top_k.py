@@ -86,7 +86,7 @@ def _reached_count(reached, axis, dtype):
     return ops.sum(ops.cast(reached, dtype), axis=reduction_axes(len(reached.shape), axis))
 
 
-def tie_weights(k, cut, reached_count):
+def _tie_weights(k, cut, reached_count):
     """Per channel, `(per_above, per_tied)`: the weight of each entry above
     the cut and of each tied at it in the mean of the k largest (see
     `_unit_weights`)."""
@@ -109,7 +109,7 @@ def _unit_weights(x, mean, mask, axis, k, cut, reached_count):
     """
     ndim = len(x.shape)
     deviation, absolute, cut_x, reached = _reaching(x, mean, mask, cut.threshold, axis)
-    per_above, per_tied = tie_weights(k, cut, reached_count)
+    per_above, per_tied = _tie_weights(k, cut, reached_count)
     weight = ops.where(
         reached,
         ops.where(
@@ -149,7 +149,7 @@ def _in_place_gradient(x, mean, axis, k, cut, upstream):
     dtype, axes = cut.above.dtype, reduction_axes(ndim, axis)
     sums = [ops.sum(ops.cast(t, dtype), axis=axes) for t in (side, squared)]
     reached = as_dtype(reduced_count(x, axis), dtype) + 0.5 * (sums[0] - sums[1])
-    per_above, per_tied = tie_weights(k, cut, reached)
+    per_above, per_tied = _tie_weights(k, cut, reached)
     upstream = ops.cast(upstream, per_above.dtype)
     tied, half = expand(upstream * per_tied), expand(upstream * per_above * 0.5)
     return _with_mean_gradient(in_place.signed_weights(sign, side, squared, tied, half), mean, axis)
@@ -190,12 +190,12 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
         cut = Cut.of(top)
 
         def gradient(*args, upstream=None):
+            upstream = _upstream_only(args, upstream)
             if in_place.applies(mask):
-                upstream = _upstream_only(args, upstream)
                 return _in_place_gradient(x, mean, axis, k, cut, upstream)
             _, _, _, reached = _reaching(x, mean, mask, cut.threshold, axis)
             count = _reached_count(reached, axis, cut.above.dtype)
-            return _gradient(x, mean, mask, axis, k, cut, count, _upstream_only(args, upstream))
+            return _gradient(x, mean, mask, axis, k, cut, count, upstream)
 
         return valid_mean(top), gradient
 
