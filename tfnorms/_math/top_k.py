@@ -82,8 +82,14 @@ def _reaching(x, mean, mask, threshold, axis):
 
 def _reached_count(reached, axis, dtype):
     """Per channel, how many entries reach the cut, in `dtype` (the
-    statistics dtype: counts can pass float16's range)."""
-    return ops.sum(ops.cast(reached, dtype), axis=reduction_axes(len(reached.shape), axis))
+    statistics dtype: counts can pass float16's range).
+
+    Summed from a select of 1 and 0, not a cast of the booleans: XLA's CPU
+    code for the reduction of a cast is slower, 4-5% of a ResNet-20 training
+    step on TensorFlow (docs/design.md). This runs under XLA everywhere but
+    PyTorch, whose one-device gradient counts in place (`in_place`)."""
+    one, zero = ops.ones((), dtype), ops.zeros((), dtype)
+    return ops.sum(ops.where(reached, one, zero), axis=reduction_axes(len(reached.shape), axis))
 
 
 def _tie_weights(k, cut, reached_count):
