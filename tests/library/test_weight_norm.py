@@ -230,26 +230,38 @@ def test_gradient_matches_papers_closed_form(center, rng):
 
 
 def test_float32_gradient_of_a_kernel_far_from_centered(rng):
-    """The CWN gradient forms <dL/dW, v - mean> as <dL/dW, v> - mean * sum(dL/dW)
-    (no centered copy of the kernel): with each unit's mean ten times its
-    spread, float32 still agrees with the float64 closed form to 1e-4."""
+    """The CWN gradient forms <dL/dW, v - mean> from v shifted by each unit's
+    first weight (no centered copy of the kernel): with a unit's mean ten
+    times its spread, float32 still agrees with the float64 closed form to
+    1e-4 per unit; for a constant unit (W = 0) dL/dg is 0 and dL/dv is
+    g / sqrt(epsilon) times dL/dW minus its mean, as for a zero unit."""
     wrapper = tfnorms.CenteredWeightNorm(keras.layers.Dense(5), scale_initializer="random_uniform")
-    x = rng.normal(size=(7, 16)).astype("float32")
+    # More rows than the kernel's: the kernel-forming path under XLA too
+    # (tfnorms.layers.kernel_free.pays).
+    x = rng.normal(size=(300, 64)).astype("float32")
     wrapper(x)
-    v = rng.normal(size=(16, 5)) + 10.0 * rng.choice([-1.0, 1.0], size=5)
+    v = rng.normal(size=(64, 5)) + 10.0 * rng.choice([-1.0, 1.0], size=5)
+    v[:, 0] = 3.0  # a constant unit: its mean is exact, so v - mean is 0
     wrapper.layer.kernel.assign(v.astype("float32"))
-    loss_fn, r = _projection_loss(3, (7, 5))
-    _, (grad_v,) = loss_and_gradients(wrapper, x, loss_fn, [wrapper.layer.kernel])
+    loss_fn, r = _projection_loss(3, (300, 5))
+    scale_variable = wrapper.scale_variables()["kernel"]
+    _, (grad_v, grad_g) = loss_and_gradients(
+        wrapper, x, loss_fn, [wrapper.layer.kernel, scale_variable]
+    )
     v = to_numpy(wrapper.layer.kernel).astype("float64")
-    g = to_numpy(wrapper.scale_variables()["kernel"].value).astype("float64")
-    grad_w_hat = (x.astype("float64").T @ r) * g
+    g = to_numpy(scale_variable.value).astype("float64")
+    grad_w = x.astype("float64").T @ r
     v_hat = v - v.mean(axis=0)
-    norm = np.sqrt((v_hat**2).sum(axis=0))
+    norm = np.sqrt((v_hat**2).sum(axis=0) + wrapper.epsilon)
     w_hat = v_hat / norm
-    expected = grad_w_hat - (grad_w_hat * w_hat).sum(axis=0) * w_hat - grad_w_hat.mean(axis=0)
-    expected = expected / norm
-    scale = np.abs(expected).max()
-    np.testing.assert_allclose(grad_v, expected, rtol=1e-4, atol=1e-4 * scale)
+    projection = (grad_w * w_hat).sum(axis=0)
+    expected = g * (grad_w - projection * w_hat - grad_w.mean(axis=0)) / norm
+    for unit in range(5):
+        scale = np.abs(expected[:, unit]).max()
+        np.testing.assert_allclose(
+            grad_v[:, unit], expected[:, unit], rtol=1e-4, atol=1e-4 * scale, err_msg=unit
+        )
+    np.testing.assert_allclose(grad_g, projection, rtol=1e-4, atol=1e-5)
 
 
 def test_proposition_1_on_gaussian_inputs(rng):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from keras import ops
 
+from tfnorms._math import fused_tf
+
 
 def _count(shape, axes):
     count = 1
@@ -85,6 +87,9 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
     from `v`) and makes one reduction pass and one elementwise pass.
     """
     reduce_axes = tuple(reduce_axes)
+    if fused_tf.applies(v, reduce_axes, center):
+        scale = None if scale is None else ops.cast(scale, v.dtype)
+        return fused_tf.centered_kernel(ops.convert_to_tensor(v), scale, reduce_axes, epsilon)
     count = _count(v.shape, reduce_axes)
 
     def unit_shaped(value):  # a per-unit or scalar scale, broadcastable against v
@@ -107,12 +112,18 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
             # factor * upstream - centered * (per-unit) - (per-unit): the
             # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
             if center:
-                # <upstream, v - mean> as <upstream, v> - mean * sum(upstream):
-                # v - mean, used by both reductions and the update, would
-                # otherwise be a kernel-sized buffer of its own under XLA.
+                # <upstream, v - mean> as <upstream, v - r> - (mean - r) *
+                # sum(upstream), with r each unit's first weight: both terms
+                # keep the spread's magnitude (with v itself they would cancel
+                # where the mean is large against the spread) and are exactly
+                # 0 for a constant unit, as the forward pass's v - mean is.
+                # That v - mean kept for the backward pass would be a
+                # kernel-sized buffer under XLA; v - r, read by the reduction
+                # alone, fuses into it.
+                reference = ops.slice(v, (0,) * len(v.shape), broadcast_shape)
                 upstream_sum = ops.sum(upstream, axis=reduce_axes, keepdims=True)
-                inner = ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
-                projection = inverse_norm * (inner - mean * upstream_sum)
+                inner = ops.sum(upstream * (v - reference), axis=reduce_axes, keepdims=True)
+                projection = inverse_norm * (inner - (mean - reference) * upstream_sum)
                 along = factor * inverse_norm * projection
                 shift = factor * upstream_sum / count - mean * along
                 grad_v = factor * upstream - v * along - shift
