@@ -85,9 +85,10 @@ def _reached_count(reached, axis, dtype):
     statistics dtype: counts can pass float16's range).
 
     Summed from a select of 1 and 0, not a cast of the booleans: XLA's CPU
-    code for the reduction of a cast is slower, 4-5% of a ResNet-20 training
-    step on TensorFlow (docs/design.md). This runs under XLA everywhere but
-    PyTorch, whose one-device gradient counts in place (`in_place`)."""
+    code reduces the cast more slowly, 4-5% of a ResNet-20 training step on
+    TensorFlow (docs/design.md, "Counting under XLA"). On PyTorch the
+    one-device gradient without a mask counts in place instead (`in_place`).
+    """
     one, zero = ops.ones((), dtype), ops.zeros((), dtype)
     return ops.sum(ops.where(reached, one, zero), axis=reduction_axes(len(reached.shape), axis))
 
