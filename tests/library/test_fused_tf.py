@@ -5,7 +5,7 @@ path and the NumPy reference, and taken only where it is meant to be."""
 import keras
 import numpy as np
 import pytest
-from layer_checks import assert_mirrored_matches_single
+from layer_checks import assert_export_roundtrip, assert_mirrored_matches_single
 
 import tfnorms
 from tfnorms._math import fused_tf, kernel
@@ -166,3 +166,18 @@ def test_fused_path_under_mirrored_strategy_matches_one_device(rng):
     x = rng.normal(size=(16, 512)).astype("float32")
     y = rng.normal(size=(16, 256)).astype("float32")
     assert_mirrored_matches_single(make_model, x, y)
+
+
+@pytest.mark.skipif(not onednn_enabled(), reason="oneDNN is off: the fused path is not taken")
+def test_exported_model_with_a_fused_kernel_reproduces_predictions(rng, tmp_path):
+    """The exported serving graph holds the fused op (it runs on any CPU
+    kernel TensorFlow has for it) and gives the model's predictions."""
+    dense = keras.layers.Dense(256, kernel_initializer=keras.initializers.GlorotUniform(4))
+    model = keras.Sequential([keras.Input((512,)), tfnorms.CenteredWeightNorm(dense)])
+    x = rng.normal(size=(4, 512)).astype("float32")
+    assert_export_roundtrip(model, x, tmp_path, atol=1e-5)
+    loaded = tf.saved_model.load(str(tmp_path / "exported"))
+    graph_def = loaded.serve.get_concrete_function(tf.TensorSpec((None, 512))).graph.as_graph_def()
+    op_types = {node.op for node in graph_def.node}
+    op_types |= {node.op for f in graph_def.library.function for node in f.node_def}
+    assert "FusedBatchNormV3" in op_types
