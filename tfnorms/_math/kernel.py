@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfnorms._math import fused_tf
+from tfnorms._math import compiled, fused_tf
 
 
 def _count(shape, axes):
@@ -95,6 +95,8 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
     def unit_shaped(value):  # a per-unit or scalar scale, broadcastable against v
         return value if len(value.shape) == 0 else ops.reshape(value, broadcast_shape)
 
+    under_xla = compiled.by_xla()
+
     @ops.custom_gradient
     def normalized(v, *scale):
         mean = ops.sum(v, axis=reduce_axes, keepdims=True) / count if center else None
@@ -112,21 +114,29 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
             # factor * upstream - centered * (per-unit) - (per-unit): the
             # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
             if center:
-                # <upstream, v - mean> as <upstream, v - r> - (mean - r) *
-                # sum(upstream), with r each unit's first weight: both terms
-                # keep the spread's magnitude (with v itself they would cancel
-                # where the mean is large against the spread) and are exactly
-                # 0 for a constant unit, as the forward pass's v - mean is.
-                # That v - mean kept for the backward pass would be a
-                # kernel-sized buffer under XLA; v - r, read by the reduction
-                # alone, fuses into it.
-                reference = ops.slice(v, (0,) * len(v.shape), broadcast_shape)
                 upstream_sum = ops.sum(upstream, axis=reduce_axes, keepdims=True)
-                inner = ops.sum(upstream * (v - reference), axis=reduce_axes, keepdims=True)
-                projection = inverse_norm * (inner - (mean - reference) * upstream_sum)
-                along = factor * inverse_norm * projection
-                shift = factor * upstream_sum / count - mean * along
-                grad_v = factor * upstream - v * along - shift
+                shift = factor * upstream_sum / count
+                if under_xla:
+                    # <upstream, v - mean> as <upstream, v - r> - (mean - r) *
+                    # sum(upstream), with r each unit's first weight: the
+                    # forward pass's v - mean kept for the backward would be
+                    # a kernel-sized buffer under XLA, while v - r, read by
+                    # the reduction alone, fuses into it. Both terms keep the
+                    # spread's magnitude (with v itself they would cancel where
+                    # the mean is large against the spread) and are exactly 0
+                    # for a unit of equal weights, as v - mean is.
+                    reference = ops.slice(v, (0,) * len(v.shape), broadcast_shape)
+                    inner = ops.sum(upstream * (v - reference), axis=reduce_axes, keepdims=True)
+                    projection = inverse_norm * (inner - (mean - reference) * upstream_sum)
+                    along = factor * inverse_norm * projection
+                    grad_v = factor * upstream - v * along - (shift - mean * along)
+                else:
+                    # Unfused, v - r would be one more pass than reusing v - mean.
+                    projection = inverse_norm * ops.sum(
+                        upstream * centered, axis=reduce_axes, keepdims=True
+                    )
+                    along = factor * inverse_norm * projection
+                    grad_v = factor * upstream - centered * along - shift
             else:
                 projection = inverse_norm * ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
                 grad_v = factor * upstream - v * (factor * inverse_norm * projection)
