@@ -12,7 +12,7 @@ from lp_reference import c_inf as np_c_inf
 from lp_reference import gaussian_abs_moment as np_gaussian_abs_moment
 from lp_reference import lp_statistics as np_lp_statistics
 
-from tfnorms._math import apply, in_place, reduce, select, stats
+from tfnorms._math import apply, reduce, select, stats, torch_top_k
 from tfnorms._math.top_k import top_k_deviation_mean
 
 
@@ -476,13 +476,19 @@ def test_merged_top_k_on_one_replica_equals_local(center, masked, rng):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's in-place gradient")
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's own top-k statistic")
 @pytest.mark.parametrize("center", [False, True])
-@pytest.mark.parametrize(("shape", "k", "axis"), [((40, 6), 10, -1), ((6, 20, 4), 5, (0,))])
-def test_in_place_top_k_gradient_equals_the_general_one(shape, k, axis, center, rng, monkeypatch):
-    """On PyTorch the top-k mean's gradient reuses three buffers
-    (`in_place`); its values equal the general formulation's, ties at the
-    cut and constant channels included, and x itself is left as it was."""
+@pytest.mark.parametrize(
+    ("shape", "k", "axis"),
+    [((40, 6), 10, -1), ((6, 20, 4), 5, (0,)), ((8, 5, 5, 3), 10, 1), ((300, 7), 10, -1)],
+)
+def test_torch_top_k_statistic_equals_the_general_one(shape, k, axis, center, rng, monkeypatch):
+    """On PyTorch the top-k mean is one autograd Function (`torch_top_k`):
+    its value and the gradients of x and the mean equal the general
+    formulation's, ties at the cut and constant channels included, for
+    kept axes first, last and in between, with and without blocks (300
+    rows: blocks of 10; 40: of 4; 6 x 4 = 24 per kept entry), and x itself
+    is left as it was."""
     import torch
 
     x = rng.normal(size=shape) * 3 + 1
@@ -490,15 +496,22 @@ def test_in_place_top_k_gradient_equals_the_general_one(shape, k, axis, center, 
     x[:, 1] = 2.0  # a constant channel: every deviation ties at 0
     kept = reduce.kept_axes(len(shape), axis)
     reduced = tuple(i for i in range(len(shape)) if i not in kept)
+    assert torch_top_k.applies(x, k, axis, None)
 
-    def gradient():
+    def value_and_gradients():
         xt = torch.tensor(x, requires_grad=True)
-        mean = xt.mean(dim=reduced, keepdim=True) if center else None
+        mean = None
+        if center:
+            mean = xt.mean(dim=reduced, keepdim=True).detach().requires_grad_(True)
         value = top_k_deviation_mean(xt, mean, k, axis)
         (value * torch.arange(1, value.numel() + 1).reshape(value.shape)).sum().backward()
         np.testing.assert_array_equal(xt.detach().numpy(), x)
-        return xt.grad.numpy()
+        grads = [xt.grad.numpy()] + ([mean.grad.numpy()] if center else [])
+        return value.detach().numpy(), grads
 
-    in_place_grad = gradient()
-    monkeypatch.setattr(in_place, "applies", lambda mask: False)
-    np.testing.assert_allclose(in_place_grad, gradient(), rtol=1e-12, atol=1e-15)
+    own_value, own_grads = value_and_gradients()
+    monkeypatch.setattr(torch_top_k, "applies", lambda *args: False)
+    value, grads = value_and_gradients()
+    np.testing.assert_allclose(own_value, value, rtol=1e-12)
+    for own, general in zip(own_grads, grads, strict=True):
+        np.testing.assert_allclose(own, general, rtol=1e-12, atol=1e-15)

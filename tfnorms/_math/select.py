@@ -57,7 +57,7 @@ def k_largest_columns(values, k):
     return ops.take_along_axis(original, picked_at, axis=0), picked_at
 
 
-def _top_k_block_size(n, k):
+def top_k_block_size(n, k):
     """A divisor `b` of `n` near sqrt(n / k) with at least k blocks of b, or
     None when `n` has no divisor that helps (see `_blockwise_top_k`)."""
     target = math.sqrt(n / k)
@@ -99,7 +99,7 @@ def _blockwise_top_k(values, k, block):
     n, channels = values.shape
     blocks = n // block
     maxima = ops.max(ops.reshape(values, (blocks, block, channels)), axis=1)
-    inner = _top_k_block_size(blocks, k)
+    inner = top_k_block_size(blocks, k)
     nested = blocks >= MIN_NESTED_ROWS and channels >= MIN_NESTED_CHANNELS
     if inner is not None and nested and _takes_rounds(maxima, k):
         _, best = _blockwise_top_k(maxima, k, inner)
@@ -134,7 +134,7 @@ def top_k_values(values, k, axis, pad_to_k=False):
     n = math.prod(sizes) if all(d is not None for d in sizes) else None
     if kept == (ndim - 1,) and n is not None and n >= k and sizes_kept[0] is not None:
         # Channels last with a static element count: the blockwise top-k.
-        block = _top_k_block_size(n, k)
+        block = top_k_block_size(n, k)
         if block is not None:
             top, _ = _blockwise_top_k(ops.reshape(values, (n, sizes_kept[0])), k, block)
             return ops.transpose(top)

@@ -16,14 +16,12 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from tfnorms._math import compiled, in_place
+from tfnorms._math import compiled, torch_top_k
 from tfnorms._math.reduce import (
     FLOAT_MAX,
-    as_dtype,
     expand_statistics,
     masked_mean,
     maximum,
-    reduced_count,
     reduction_axes,
     statistics_dtype,
 )
@@ -86,8 +84,8 @@ def _reached_count(reached, axis, dtype):
 
     Summed from a select of 1 and 0, not a cast of the booleans: XLA's CPU
     code reduces the cast more slowly, 4-5% of a ResNet-20 training step on
-    TensorFlow (docs/design.md, "Counting under XLA"). On PyTorch the
-    one-device gradient without a mask counts in place instead (`in_place`).
+    TensorFlow (docs/design.md, "Counting under XLA"). On PyTorch without a
+    mask `torch_top_k` counts instead.
     """
     one, zero = ops.ones((), dtype), ops.zeros((), dtype)
     return ops.sum(ops.where(reached, one, zero), axis=reduction_axes(len(reached.shape), axis))
@@ -142,26 +140,6 @@ def _gradient(x, mean, mask, axis, k, cut, reached_count, upstream):
     return _with_mean_gradient(grad_x, mean, axis)
 
 
-def _in_place_gradient(x, mean, axis, k, cut, upstream):
-    """`_gradient` over PyTorch buffers (`in_place`), without a mask: the
-    same values, each entry's weight from the sign of `|x - mean| - cut`
-    (1 above the cut, 0 at it, -1 below)."""
-    ndim = len(x.shape)
-
-    def expand(statistic):
-        return expand_statistics(ops.cast(statistic, x.dtype), ndim, axis)
-
-    sign, side, squared = in_place.sides(x, mean, expand(cut.threshold))
-    # Side 0 and 1 once each, without a buffer for the count:
-    dtype, axes = cut.above.dtype, reduction_axes(ndim, axis)
-    sums = [ops.sum(ops.cast(t, dtype), axis=axes) for t in (side, squared)]
-    reached = as_dtype(reduced_count(x, axis), dtype) + 0.5 * (sums[0] - sums[1])
-    per_above, per_tied = _tie_weights(k, cut, reached)
-    upstream = ops.cast(upstream, per_above.dtype)
-    tied, half = expand(upstream * per_tied), expand(upstream * per_above * 0.5)
-    return _with_mean_gradient(in_place.signed_weights(sign, side, squared, tied, half), mean, axis)
-
-
 def _with_mean_gradient(grad_x, mean, axis):
     """`grad_x`, and with `mean` given also its gradient, minus grad_x's sum."""
     if mean is None:
@@ -187,8 +165,11 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
     The gradient (see `_gradient`) gives 1/k to the k largest deviations,
     ties at the k-th largest sharing what is left, times the sign of
     `x - mean`. In a TensorFlow graph without XLA the whole function runs
-    as one XLA cluster, so its elementwise passes fuse.
+    as one XLA cluster, so its elementwise passes fuse; on PyTorch without
+    a mask it is one autograd Function (`torch_top_k`).
     """
+    if torch_top_k.applies(x, k, axis, mask):
+        return torch_top_k.top_k_deviation_mean(x, mean, k, axis)
 
     def top_mean(x, *mean):
         mean = mean[0] if mean else None
@@ -198,8 +179,6 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
 
         def gradient(*args, upstream=None):
             upstream = _upstream_only(args, upstream)
-            if in_place.applies(mask):
-                return _in_place_gradient(x, mean, axis, k, cut, upstream)
             _, _, _, reached = _reaching(x, mean, mask, cut.threshold, axis)
             count = _reached_count(reached, axis, cut.above.dtype)
             return _gradient(x, mean, mask, axis, k, cut, count, upstream)
