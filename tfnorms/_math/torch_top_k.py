@@ -21,7 +21,6 @@ docs/design.md, "Top-k statistic on PyTorch", has the measurements.
 
 from __future__ import annotations
 
-import functools
 import math
 
 import keras
@@ -78,10 +77,19 @@ def _deviations(x, mean):
     return x.clone() if mean is None else x - mean
 
 
-@functools.cache
+_FUNCTION = []  # the autograd Function, once made
+
+
 def _function():
     """The autograd Function, made on first use: torch is imported only on
-    the PyTorch backend."""
+    the PyTorch backend. (A plain global, not functools.cache, which
+    torch.compile would trace through.)"""
+    if not _FUNCTION:
+        _FUNCTION.append(_make_function())
+    return _FUNCTION[0]
+
+
+def _make_function():
     import torch
 
     class TopKDeviationMean(torch.autograd.Function):
