@@ -85,6 +85,10 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
     several kernel-sized intermediates alive and runs a dozen small passes
     over the kernel; this keeps only per-unit statistics (w_hat is recomputed
     from `v`) and makes one reduction pass and one elementwise pass.
+
+    Where `fused_tf.applies` (large centered kernels in TensorFlow graphs
+    without XLA on a CPU), TensorFlow's fused batch norm op computes the
+    same kernel, and its registered gradient the same closed form.
     """
     reduce_axes = tuple(reduce_axes)
     if fused_tf.applies(v, reduce_axes, center):

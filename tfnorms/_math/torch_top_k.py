@@ -116,8 +116,8 @@ def _make_function():
             per_tied = (k - above) / torch.clamp(tied, min=1.0) / k  # in [0, per_above]
             # Per level 0, 1, 2: 0, per_tied, per_above, as a*level - (a - t)
             # clamped to [0, a] (0 <= t <= a), in place.
-            a = torch.full_like(per_tied, per_above).to(x.dtype)
-            weights = level.mul_(a).sub_(a - per_tied.to(x.dtype)).clamp_(min=0.0).clamp_(max=a)
+            offset = (per_above - per_tied).to(x.dtype)
+            weights = level.mul_(per_above).sub_(offset).clamp_(min=0.0, max=per_above)
             grad_x = weights.mul_(deviation.sign_().mul_(upstream.to(x.dtype)))
             grad_mean = None
             if mean is not None and ctx.needs_input_grad[1]:
