@@ -114,8 +114,8 @@ def _make_function():
             tied = level.sum(0, dtype=dtype) - 2.0 * above
             per_above = 1.0 / k
             per_tied = (k - above) / torch.clamp(tied, min=1.0) / k  # in [0, per_above]
-            # Per level 0, 1, 2: 0, per_tied, per_above, as a*level - (a - t)
-            # clamped to [0, a] (0 <= t <= a), in place.
+            # Per level 0, 1, 2: 0, per_tied, per_above, as per_above * level
+            # - (per_above - per_tied) clamped to [0, per_above], in place.
             offset = (per_above - per_tied).to(x.dtype)
             weights = level.mul_(per_above).sub_(offset).clamp_(min=0.0, max=per_above)
             grad_x = weights.mul_(deviation.sign_().mul_(upstream.to(x.dtype)))
