@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfnorms._math import compiled, fused_tf
+from tfnorms._math import compiled, fused_tf, torch_kernel
 
 
 def _count(shape, axes):
@@ -88,12 +88,17 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
 
     Where `fused_tf.applies` (large centered kernels in TensorFlow graphs
     without XLA on a CPU), TensorFlow's fused batch norm op computes the
-    same kernel, and its registered gradient the same closed form.
+    same kernel, and its registered gradient the same closed form. On
+    PyTorch, `torch_kernel` computes it as one autograd Function.
     """
     reduce_axes = tuple(reduce_axes)
     if fused_tf.applies(v, reduce_axes, center):
         scale = None if scale is None else ops.cast(scale, v.dtype)
         return fused_tf.centered_kernel(ops.convert_to_tensor(v), scale, reduce_axes, epsilon)
+    if torch_kernel.applies():
+        return torch_kernel.weight_norm_kernel(
+            v, scale, reduce_axes, broadcast_shape, center, epsilon
+        )
     count = _count(v.shape, reduce_axes)
 
     def unit_shaped(value):  # a per-unit or scalar scale, broadcastable against v
