@@ -7,8 +7,8 @@ costs more to touch than the arithmetic on it (as for the top-k statistic,
 `torch_top_k`). The closed form of `kernel.weight_norm_kernel` written with
 Keras ops makes three kernel-sized tensors forward and five backward; here:
 
-- forward: `v - mean` (kept for the backward pass) and `W`; the norms come
-  from `torch.linalg.vector_norm`, a reduction with no intermediate;
+- forward: `v - mean` (kept for the backward pass) and one buffer holding
+  the squares, then `W`;
 - backward: one buffer, `upstream * (v - mean)` for the projections, then
   overwritten in place with `factor * upstream - (v - mean) * along - shift`.
 
@@ -35,9 +35,8 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
         # global, not functools.cache, which torch.compile would trace through).
         _FUNCTION.append(_make_function())
     v = keras.ops.convert_to_tensor(v)
-    if scale is None:
-        return _FUNCTION[0].apply(v, None, tuple(reduce_axes), broadcast_shape, center, epsilon)
-    scale = keras.ops.convert_to_tensor(scale).to(v.dtype)
+    if scale is not None:
+        scale = keras.ops.convert_to_tensor(scale).to(v.dtype)
     return _FUNCTION[0].apply(v, scale, tuple(reduce_axes), broadcast_shape, center, epsilon)
 
 
@@ -58,9 +57,8 @@ def _make_function():
                 else inverse_norm * scale.reshape(broadcast_shape if scale.dim() else ())
             )
             ctx.save_for_backward(centered, inverse_norm, factor)
-            ctx.axes, ctx.center, ctx.scale_shape = axes, center, None
-            if scale is not None:
-                ctx.scale_shape = scale.shape
+            ctx.axes, ctx.center = axes, center
+            ctx.scale_shape = None if scale is None else scale.shape
             return torch.mul(centered, factor, out=buffer)
 
         @staticmethod
