@@ -1,6 +1,6 @@
 """The weight-norm wrappers' kernel-free path (tfnorms/layers/kernel_free.py).
 
-For Dense and ConvND the wrappers may compute `(x @ V - (x @ 1) mean) * factor`
+For Dense, EinsumDense and ConvND the wrappers may compute `(x @ V - (x @ 1) mean) * factor`
 instead of forming `W`. Both paths must compute the same function: outputs and
 gradients (input, V, g or rho, bias) of the kernel-free path equal the
 kernel-forming path's, for every wrapper and every layer kind it takes, in
@@ -34,6 +34,20 @@ LAYERS = {
     "conv2d_strided": (lambda: keras.layers.Conv2D(6, 3, strides=2, padding="same"), (7, 7, 2)),
     "conv2d_valid": (lambda: keras.layers.Conv2D(3, (2, 3)), (5, 6, 4)),
     "conv3d": (lambda: keras.layers.Conv3D(2, 2), (4, 4, 3, 2)),
+    "einsum_dense": (
+        lambda: keras.layers.EinsumDense("ab,bc->ac", 5, bias_axes="c", activation="tanh"),
+        (7,),
+    ),
+    "einsum_dense_sequence": (lambda: keras.layers.EinsumDense("abc,cd->abd", (3, 4)), (3, 6)),
+    # Units before the sequence axis, with a bias of shape (units, 1).
+    "einsum_dense_units_inside": (
+        lambda: keras.layers.EinsumDense("abc,cd->adb", (4, 3), bias_axes="d"),
+        (3, 6),
+    ),
+    "einsum_dense_ellipsis": (
+        lambda: keras.layers.EinsumDense("...b,bc->...c", 4, bias_axes="c", activation="relu"),
+        (2, 3, 6),
+    ),
 }
 
 
@@ -113,11 +127,19 @@ def test_zero_kernel_stays_finite(monkeypatch):
         lambda: keras.layers.Conv2D(4, 3, groups=2),
         lambda: keras.layers.Conv2DTranspose(4, 3),
         lambda: keras.layers.DepthwiseConv2D(3),
-        lambda: keras.layers.EinsumDense("ab,bc->ac", output_shape=4),
+        # The unit letter c is also the input's: no one-unit kernel gives x @ 1.
+        lambda: keras.layers.EinsumDense("abc,bc->ac", output_shape=6),
         lambda: keras.layers.LSTM(3),
         lambda: keras.layers.Dense(3, activity_regularizer="l2"),
     ],
-    ids=["grouped_conv", "conv_transpose", "depthwise", "einsum_dense", "lstm", "activity_reg"],
+    ids=[
+        "grouped_conv",
+        "conv_transpose",
+        "depthwise",
+        "einsum_units_in_input",
+        "lstm",
+        "activity_reg",
+    ],
 )
 def test_other_layers_keep_the_kernel_forming_path(make_layer):
     assert not kernel_free.supports(make_layer())
@@ -145,12 +167,16 @@ def test_the_path_is_taken_under_xla_only_while_the_output_is_the_smaller():
     dense.build((None, 16))
     conv = keras.layers.Conv2D(8, 3, strides=2, padding="same")
     conv.build((None, 4, 4, 2))  # fan-in 18; output 2 x 2 positions per example
+    einsum = keras.layers.EinsumDense("...tc,cu->...ut", (8, 3))  # fan-in 16
+    einsum.build((None, 2, 3, 16))
     small, large = np.zeros((16, 16), "float32"), np.zeros((17, 16), "float32")
     under_xla = {
         "small batch": (dense, small, True),
         "more rows than the fan-in": (dense, large, False),
         "conv, 4 examples x 4 positions": (conv, np.zeros((4, 4, 4, 2), "float32"), True),
         "conv, 5 examples x 4 positions": (conv, np.zeros((5, 4, 4, 2), "float32"), False),
+        "einsum, 2 examples x 2 x 3 positions": (einsum, np.zeros((2, 2, 3, 16), "float32"), True),
+        "einsum, 3 examples x 2 x 3 positions": (einsum, np.zeros((3, 2, 3, 16), "float32"), False),
     }
     half = keras.layers.Dense(8, dtype="mixed_float16")
     half.build((None, 16))

@@ -1,4 +1,5 @@
-"""The weight-norm wrappers' kernel-free path for Dense and convolutions.
+"""The weight-norm wrappers' kernel-free path for Dense, EinsumDense and
+convolutions.
 
 With `W = (V - mean) * factor` (per-unit `mean` and `factor`,
 `tfnorms._math.kernel.unit_factors`), a linear layer's output is
@@ -7,9 +8,10 @@ With `W = (V - mean) * factor` (per-unit `mean` and `factor`,
 
 so the wrapper can run the inner layer's own product on `V` and scale its
 output per unit, never forming `W` (docs/design.md, "Kernel-free weight
-norm"). `x @ 1` is the sum of each input row (Dense) or a convolution of the
-input with a one-channel kernel of ones (the box sum under each window);
-only a centered kernel needs it.
+norm"). `x @ 1` is the sum of each input row (Dense), the layer's einsum
+with a one-unit kernel of ones (EinsumDense), or a convolution of the input
+with a one-channel kernel of ones (the box sum under each window); only a
+centered kernel needs it.
 
 It pays where a compiler fuses the per-unit statistics into the product
 (XLA: JAX, TensorFlow with `jit_compile=True`); TensorFlow's unfused graph
@@ -32,18 +34,49 @@ from tfnorms._types import Tensor
 # Exact classes only: a subclass may compute something else in `call`.
 _CONVOLUTIONS = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D)
 _DENSE = (keras.layers.Dense,)
+_EINSUM = (keras.layers.EinsumDense,)
 
 
 def supports(layer: keras.layers.Layer) -> bool:
     """Whether `layer` computes `activation(x (*) kernel + bias)` with one
-    kernel whose last axis is the output unit: plain `Dense` and `ConvND`
-    (one group), without LoRA, quantization or an activity regularizer
-    (which the layer's own `__call__` adds)."""
-    if type(layer) not in _DENSE + _CONVOLUTIONS:
+    kernel whose last axis is the output unit: plain `Dense`, `ConvND` (one
+    group) and `EinsumDense` with a 2-D kernel whose unit letter is not one
+    of the input's (so that `x @ 1` is the einsum with a one-unit kernel),
+    without LoRA, quantization or an activity regularizer (which the layer's
+    own `__call__` adds)."""
+    if type(layer) not in _DENSE + _CONVOLUTIONS + _EINSUM:
         return False
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return False
+    if type(layer) in _EINSUM:
+        inputs, kernel, _ = _einsum_terms(layer)
+        if len(kernel) != 2 or kernel[1] in inputs:
+            return False
     return layer.activity_regularizer is None and getattr(layer, "groups", 1) == 1
+
+
+def _einsum_terms(layer: keras.layers.Layer) -> tuple[list[str], list[str], list[str]]:
+    """An EinsumDense equation's input, kernel and output terms, each a list
+    of its letters, with "..." as one entry."""
+    operands, output = layer.equation.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return [_letters(term) for term in (inputs, kernel, output)]
+
+
+def _letters(term: str) -> list[str]:
+    head, dots, tail = term.partition("...")
+    return [*head, *([dots] if dots else []), *tail]
+
+
+def _unit_axis(layer: keras.layers.Layer, rank: int) -> int:
+    """The output axis of the units (non-negative) in an output of `rank`."""
+    if type(layer) in _EINSUM:
+        _, kernel, output = _einsum_terms(layer)
+        position = output.index(kernel[1])
+        if "..." in output and output.index("...") < position:
+            return rank - (len(output) - position)  # counted from the end
+        return position
+    return 1 if getattr(layer, "data_format", None) == "channels_first" else rank - 1
 
 
 def pays(layer: keras.layers.Layer, x: Tensor) -> bool:
@@ -56,13 +89,30 @@ def pays(layer: keras.layers.Layer, x: Tensor) -> bool:
     "Kernel-free weight norm", has the measurements)."""
     if layer.compute_dtype == "float16" or not compiled.by_xla():
         return False
-    output_shape = layer.compute_output_shape(tuple(x.shape))
-    channel_axis = 1 if getattr(layer, "data_format", None) == "channels_first" else -1
-    rows = [d for axis, d in enumerate(output_shape) if axis != channel_axis % len(output_shape)]
+    rows = _output_rows(layer, tuple(x.shape))
     if any(d is None for d in rows):
         return False  # unknown until run time: the path that is never far off
     fan_in = math.prod(layer.kernel.shape[:-1])
     return math.prod(rows) <= fan_in
+
+
+def _output_rows(layer: keras.layers.Layer, input_shape: tuple) -> list:
+    """The sizes of the output's axes other than the units'. EinsumDense's
+    come from the input's axes that its equation keeps (its
+    `compute_output_shape` leaves free axes unknown)."""
+    if type(layer) in _EINSUM:
+        inputs, _, output = _einsum_terms(layer)
+        dots = len(input_shape) - (len(inputs) - ("..." in inputs))
+        sizes, axis = [], 0
+        for letter in inputs:
+            width = dots if letter == "..." else 1
+            if letter in output:
+                sizes.extend(input_shape[axis : axis + width])
+            axis += width
+        return sizes
+    output_shape = layer.compute_output_shape(input_shape)
+    unit_axis = _unit_axis(layer, len(output_shape))
+    return [d for axis, d in enumerate(output_shape) if axis != unit_axis]
 
 
 def _linear(layer: keras.layers.Layer, x: Tensor, kernel: Tensor) -> Tensor:
@@ -70,6 +120,8 @@ def _linear(layer: keras.layers.Layer, x: Tensor, kernel: Tensor) -> Tensor:
     (`x` already causally padded: `_padded`)."""
     if type(layer) in _DENSE:
         return ops.matmul(x, kernel)
+    if type(layer) in _EINSUM:
+        return ops.einsum(layer.equation, x, kernel)
     return ops.conv(
         x,
         kernel,
@@ -91,8 +143,9 @@ def _padded(layer: keras.layers.Layer, x: Tensor) -> Tensor:
 
 
 def _input_sums(layer: keras.layers.Layer, x: Tensor, kernel_shape) -> Tensor:
-    """`x @ 1`: each row's sum (Dense), the box sum under each window
-    (a convolution), with one output channel."""
+    """`x @ 1`: each row's sum (Dense), the einsum with a one-unit kernel of
+    ones (EinsumDense), the box sum under each window (a convolution), with
+    one output channel."""
     if type(layer) in _DENSE:
         return ops.sum(x, axis=-1, keepdims=True)
     return _linear(layer, x, ops.ones((*kernel_shape[:-1], 1), dtype=x.dtype))
@@ -100,9 +153,10 @@ def _input_sums(layer: keras.layers.Layer, x: Tensor, kernel_shape) -> Tensor:
 
 def _channel_shape(layer: keras.layers.Layer, rank: int, units: int) -> tuple[int, ...]:
     """Shape that broadcasts a per-unit vector over the layer's output."""
-    if getattr(layer, "data_format", None) == "channels_first":
-        return (1, units) + (1,) * (rank - 2)
-    return (units,)
+    axis = _unit_axis(layer, rank)
+    if axis == rank - 1:
+        return (units,)
+    return (1,) * axis + (units,) + (1,) * (rank - 1 - axis)
 
 
 def call(
@@ -129,6 +183,10 @@ def call(
             outputs = outputs - ops.matmul(sums, ops.expand_dims(shift, 0))
         else:
             outputs = outputs - sums * shift
+    if type(layer) in _EINSUM:
+        if layer.bias is not None:  # shaped by the layer to broadcast
+            outputs = outputs + ops.cast(layer.bias.value, dtype)
+        return outputs if layer.activation is None else layer.activation(outputs)
     if layer.use_bias:
         outputs = outputs + ops.reshape(ops.cast(layer.bias.value, dtype), shape)
     return layer.activation(outputs)
