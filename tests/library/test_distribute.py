@@ -6,7 +6,8 @@ synchronized statistics equal one device's statistics on the global batch,
 masks included, the replicas' moving statistics stay identical, and
 gradients (hence training) match the one-device run. On JAX, a jitted step
 over a batch sharded across two host devices does the same with no
-collective of ours.
+collective of ours. The weight-norm wrappers' kernel-free path, taken on
+the replicas under XLA, trains as one device with the kernel formed.
 """
 
 import json
@@ -513,17 +514,136 @@ def test_jax_data_parallel_step_uses_global_batch_statistics():
     over a batch sharded across two (host) devices with
     `keras.distribution.DataParallel` reduces over the global batch, so the
     model trains exactly as on one device."""
+    report = run_on_two_jax_devices(_JAX_DATA_PARALLEL)
+    assert report["shards"] == 2 and "batch" in report["data"], report  # really sharded
+    assert max(report["diffs"]) < 1e-5, report
+
+
+def run_on_two_jax_devices(script):
+    """The JSON report that `script` prints last, run on the JAX backend
+    with two host devices (a process of its own: the device count is fixed
+    when JAX starts)."""
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
     env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
     result = subprocess.run(
-        [sys.executable, "-c", _JAX_DATA_PARALLEL],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["shards"] == 2 and "batch" in report["data"], report  # really sharded
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+# ------------------------------------------------ kernel-free weight norm
+def kernel_free_model():
+    """Weight-norm wrappers whose outputs have fewer rows per replica than
+    their kernels' fan-in: under XLA they take the kernel-free path
+    (tfnorms.layers.kernel_free)."""
+    return keras.Sequential(
+        [
+            keras.Input((32,)),
+            tfnorms.CenteredWeightNorm(keras.layers.Dense(16, activation="tanh")),
+            tfnorms.WeightNormalization(keras.layers.EinsumDense("ab,bc->ac", 4, bias_axes="c")),
+        ]
+    )
+
+
+@tensorflow_only
+def test_kernel_free_weight_norm_on_mirrored_replicas(rng, monkeypatch):
+    """Each replica's XLA-compiled step takes the kernel-free path; the
+    replicas' outputs, and their gradients summed, equal one device's
+    kernel-forming outputs and gradients on the global batch."""
+    import tensorflow as tf
+
+    from tfnorms.layers import kernel_free
+
+    x = rng.normal(size=(8, 32)).astype("float32")
+    y = rng.normal(size=(8, 4)).astype("float32")
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        model = kernel_free_model()
+    reference = kernel_free_model()
+    reference.set_weights(model.get_weights())
+
+    def step(model, x, y):
+        with tf.GradientTape() as tape:
+            outputs = model(x)
+            loss = tf.reduce_sum(tf.square(outputs - y))
+        return outputs, tape.gradient(loss, model.trainable_variables)
+
+    taken = []
+    real_call = kernel_free.call
+    monkeypatch.setattr(
+        kernel_free, "call", lambda layer, *a: taken.append(layer.name) or real_call(layer, *a)
+    )
+
+    def replica_step(x, y):
+        # One XLA function per replica: a shared one would read the second
+        # replica's variables from the first device.
+        return tf.function(lambda x, y: step(model, x, y), jit_compile=True)(x, y)
+
+    outputs, grads = on_replicas(strategy, replica_step, split(x), split(y))
+    assert len(taken) == 4 and len(set(taken)) == 2, taken  # both wrappers, on each replica
+    taken.clear()
+    expected_outputs, expected_grads = step(reference, tf.constant(x), tf.constant(y))
+    assert not taken  # eager: the kernel-forming path
+    np.testing.assert_allclose(np.concatenate(outputs), expected_outputs, rtol=1e-5, atol=1e-5)
+    for variable, per_replica, expected in zip(
+        model.trainable_variables, grads, expected_grads, strict=True
+    ):
+        np.testing.assert_allclose(
+            sum(per_replica), expected, rtol=1e-4, atol=1e-5, err_msg=variable.path
+        )
+
+
+_JAX_KERNEL_FREE = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import jax
+    import keras
+    import tfnorms
+    from tfnorms.layers import kernel_free
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 32)).astype("float32")
+    y = rng.normal(size=(16, 4)).astype("float32")
+    taken = []
+    real_call, real_pays = kernel_free.call, kernel_free.pays
+    kernel_free.call = lambda layer, *a: taken.append(layer.name) or real_call(layer, *a)
+
+    def trained(initial=None):
+        keras.utils.set_random_seed(1)
+        model = keras.Sequential([
+            keras.Input((32,)),
+            tfnorms.CenteredWeightNorm(keras.layers.Dense(16, activation="tanh")),
+            tfnorms.WeightNormalization(
+                keras.layers.EinsumDense("ab,bc->ac", 4, bias_axes="c")),
+        ])
+        if initial is not None:
+            model.set_weights(initial)
+        model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
+        model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
+        return model
+
+    kernel_free.pays = lambda layer, x: False
+    forming = trained()
+    kernel_free.pays = real_pays
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=jax.devices()))
+    sharded = trained()
+    print(json.dumps({
+        "taken": sorted(set(taken)),
+        "diffs": [float(np.max(np.abs(a - b)))
+                  for a, b in zip(forming.get_weights(), sharded.get_weights())],
+    }))
+    """
+)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's data parallelism")
+def test_kernel_free_weight_norm_under_jax_data_parallel():
+    """A jitted training step over a batch sharded across two host devices
+    takes the kernel-free path (16 rows against fan-ins of 32 and 16) and
+    trains as one device does with the kernel formed."""
+    report = run_on_two_jax_devices(_JAX_KERNEL_FREE)
+    assert len(report["taken"]) == 2, report  # both wrappers
     assert max(report["diffs"]) < 1e-5, report
