@@ -39,6 +39,11 @@ LAYERS = {
         (7,),
     ),
     "einsum_dense_sequence": (lambda: keras.layers.EinsumDense("abc,cd->abd", (3, 4)), (3, 6)),
+    # A bias over the sequence and unit axes, shape (3, 4).
+    "einsum_dense_bias_per_step": (
+        lambda: keras.layers.EinsumDense("abc,cd->abd", (3, 4), bias_axes="bd"),
+        (3, 6),
+    ),
     # Units before the sequence axis, with a bias of shape (units, 1).
     "einsum_dense_units_inside": (
         lambda: keras.layers.EinsumDense("abc,cd->adb", (4, 3), bias_axes="d"),
@@ -91,12 +96,13 @@ def test_kernel_free_path_equals_the_kernel_forming_path(
         np.testing.assert_allclose(grad, grad_w, rtol=1e-4, atol=1e-4, err_msg=variable.path)
 
 
+@pytest.mark.parametrize("layer_name", ["conv2d_strided", "einsum_dense_units_inside"])
 @pytest.mark.parametrize("policy", ["mixed_bfloat16", "mixed_float16"])
-def test_mixed_precision_keeps_the_output_dtype_and_values(policy, rng, monkeypatch):
+def test_mixed_precision_keeps_the_output_dtype_and_values(policy, layer_name, rng, monkeypatch):
     """Under mixed precision the kernel-free path computes in the compute
     dtype, like the inner layer, to the same values (to that precision)."""
     keras.config.set_dtype_policy(policy)
-    wrapper, x = randomized_wrapper("cwn", "conv2d_strided", rng)
+    wrapper, x = randomized_wrapper("cwn", layer_name, rng)
     forced(monkeypatch, True)
     free = wrapper(x)
     forced(monkeypatch, False)
