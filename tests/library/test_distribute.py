@@ -23,6 +23,7 @@ from layer_checks import (
     REPO_ROOT,
     assert_mirrored_matches_single,
     compile_for_regression,
+    kernel_free_model,
     mirrored_strategy,
     replica_values,
     to_numpy,
@@ -522,10 +523,11 @@ def test_jax_data_parallel_step_uses_global_batch_statistics():
 def run_on_two_jax_devices(script):
     """The JSON report that `script` prints last, run on the JAX backend
     with two host devices (a process of its own: the device count is fixed
-    when JAX starts)."""
+    when JAX starts); the tests' support modules are importable."""
     env = dict(os.environ, KERAS_BACKEND="jax", JAX_PLATFORMS="cpu")
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
-    env["PYTHONPATH"] = REPO_ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    support = os.path.join(REPO_ROOT, "tests", "support")
+    env["PYTHONPATH"] = os.pathsep.join([REPO_ROOT, support, env.get("PYTHONPATH", "")])
     result = subprocess.run(
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
     )
@@ -534,19 +536,6 @@ def run_on_two_jax_devices(script):
 
 
 # ------------------------------------------------ kernel-free weight norm
-def kernel_free_model():
-    """Weight-norm wrappers whose outputs have fewer rows per replica than
-    their kernels' fan-in: under XLA they take the kernel-free path
-    (tfnorms.layers.kernel_free)."""
-    return keras.Sequential(
-        [
-            keras.Input((32,)),
-            tfnorms.CenteredWeightNorm(keras.layers.Dense(16, activation="tanh")),
-            tfnorms.WeightNormalization(keras.layers.EinsumDense("ab,bc->ac", 4, bias_axes="c")),
-        ]
-    )
-
-
 @tensorflow_only
 def test_kernel_free_weight_norm_on_mirrored_replicas(rng, monkeypatch):
     """Each replica's XLA-compiled step takes the kernel-free path; the
@@ -601,7 +590,7 @@ _JAX_KERNEL_FREE = textwrap.dedent(
     import numpy as np
     import jax
     import keras
-    import tfnorms
+    from layer_checks import kernel_free_model
     from tfnorms.layers import kernel_free
 
     rng = np.random.default_rng(0)
@@ -611,16 +600,9 @@ _JAX_KERNEL_FREE = textwrap.dedent(
     real_call, real_pays = kernel_free.call, kernel_free.pays
     kernel_free.call = lambda layer, *a: taken.append(layer.name) or real_call(layer, *a)
 
-    def trained(initial=None):
+    def trained():
         keras.utils.set_random_seed(1)
-        model = keras.Sequential([
-            keras.Input((32,)),
-            tfnorms.CenteredWeightNorm(keras.layers.Dense(16, activation="tanh")),
-            tfnorms.WeightNormalization(
-                keras.layers.EinsumDense("ab,bc->ac", 4, bias_axes="c")),
-        ])
-        if initial is not None:
-            model.set_weights(initial)
+        model = kernel_free_model()
         model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", jit_compile=True)
         model.fit(x, y, batch_size=16, epochs=2, shuffle=False, verbose=0)
         return model

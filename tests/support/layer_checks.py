@@ -328,6 +328,21 @@ def replica_values(variable):
 _STRATEGY = []
 
 
+def kernel_free_model():
+    """Weight-norm wrappers (CWN Dense, WN EinsumDense) on 32 inputs: with
+    at most 16 rows per step, under XLA they take the kernel-free path
+    (tfnorms.layers.kernel_free)."""
+    import tfnorms
+
+    return keras.Sequential(
+        [
+            keras.Input((32,)),
+            tfnorms.CenteredWeightNorm(keras.layers.Dense(16, activation="tanh")),
+            tfnorms.WeightNormalization(keras.layers.EinsumDense("ab,bc->ac", 4, bias_axes="c")),
+        ]
+    )
+
+
 def mirrored_strategy():
     """One MirroredStrategy over the two logical CPUs for the whole process.
 
