@@ -7,18 +7,19 @@ alternating the candidates (so drifts in machine load hit all of them alike)
 and reports the median per candidate as a ratio to the Keras baseline:
 `BatchNormalization` for the batch-norm candidates, the plain model for the
 weight-norm candidates. Peak memory of a training step comes from XLA's
-memory analysis of the compiled step on the JAX backend; TensorFlow's CPU
-allocator keeps no statistics unless asked, which only the synchronized rows
-do (below).
+memory analysis of the compiled step on the JAX backend, and on TensorFlow
+from the profiler's memory events: the bytes requested from its allocator
+during one step (`timing.tf_step_bytes`, read after the timing; none on
+PyTorch, and none for two worker processes, which must run step for step).
+Each configuration runs in a worker process of its own.
 
 The synchronized rows time a small CNN on two replicas, each batch norm with
 `synchronized=True`, against Keras's `BatchNormalization`: TensorFlow's
 `MirroredStrategy` over two logical CPUs, its `MultiWorkerMirroredStrategy`
 over two local processes (multiworker.py), JAX's
 `keras.distribution.DataParallel` over two host devices (docs/distributed.md).
-Their TensorFlow memory (MirroredStrategy only) is the CPU allocator's peak
-during one step (`timing.tf_cpu_step_bytes`); they time training only, since
-inference reads the moving statistics, which nothing synchronizes.
+They time training only, since inference reads the moving statistics,
+which nothing synchronizes.
 
 Run `python benchmarks/bench.py --help`; `make bench` runs the default matrix
 and writes docs/performance.md.
@@ -44,7 +45,7 @@ from timing import (
     jax_runners,
     keras_runners,
     medians,
-    tf_cpu_step_bytes,
+    tf_step_bytes,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -112,10 +113,11 @@ def compile_model(model, jit):
     return model
 
 
-def time_group(factories, x, y, jit, steps, warmup, infer=True, tf_memory=False):
-    """Per candidate: median seconds of a training step and (with `infer`)
-    of inference, each timed in alternation with the other candidates, and
-    step bytes (on TensorFlow only with `tf_memory`, read after the timing)."""
+def time_group(factories, x, y, jit, steps, warmup, infer=True):
+    """`(results, runners)`: per candidate, median seconds of a training
+    step and (with `infer`) of inference, each timed in alternation with the
+    other candidates, and step bytes where the backend plans them (JAX);
+    and the candidates' step functions (`keras_runners`)."""
     import keras
 
     make_runners = jax_runners if keras.backend.backend() == "jax" else keras_runners
@@ -129,10 +131,7 @@ def time_group(factories, x, y, jit, steps, warmup, infer=True, tf_memory=False)
         timed = {name: r[index] for name, r in runners.items() if r[index] is not None}
         for name, seconds in medians(alternate(timed, steps, warmup=warmup)).items():
             results[name][kind] = seconds
-    if tf_memory and keras.backend.backend() == "tensorflow":
-        for name, r in runners.items():
-            results[name]["step_bytes"] = tf_cpu_step_bytes(r[0]) if r[0] else None
-    return results
+    return results, runners
 
 
 def replica_scope(replicas):
@@ -169,26 +168,23 @@ def run_configuration(model_name, jit, policy, steps, warmup, replicas=1):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(batch, *shape)).astype("float32")
     y = rng.integers(0, 10, size=(batch,)).astype("int32")
-    rows = []
+    measured = {}
     with replica_scope(replicas):
         for group, factories in candidates(model_name, replicas).items():
-            measured = time_group(
-                factories,
-                x,
-                y,
-                jit,
-                steps,
-                warmup,
-                infer=replicas == 1,
-                tf_memory=replicas > 1 and not MULTI_WORKER,  # workers must run step for step
-            )
-            rows += group_rows(group, measured)
-    return rows
+            measured[group] = time_group(factories, x, y, jit, steps, warmup, infer=replicas == 1)
+        # TensorFlow's memory after every group's timing: reading it slows
+        # the rest of the process (`tf_step_bytes`). Multi-worker steps are
+        # not read: the workers must run step for step.
+        if keras.backend.backend() == "tensorflow" and not MULTI_WORKER:
+            for results, runners in measured.values():
+                for name, (train_step, _, _) in runners.items():
+                    results[name]["step_bytes"] = tf_step_bytes(train_step) if train_step else None
+    return [row for group, (results, _) in measured.items() for row in group_rows(group, results)]
 
 
 def worker(args):
-    """Run `args.worker`'s configurations (one backend, one replica count)
-    and print their results as JSON."""
+    """Run `args.worker`'s configurations (one backend, one replica count;
+    `measure` passes one) and print their results as JSON."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     configs = [Config(*c) for c in json.loads(args.worker)]
     replicas = configs[0].replicas
@@ -344,16 +340,16 @@ def chosen_matrix(args):
 
 
 def measure(matrix, args):
-    """Each backend's configurations in a worker process of its own (the
-    backend is chosen when Keras is imported), and the synchronized ones in
-    another: their devices are fixed before the backend starts."""
+    """Each configuration in a worker process of its own: the backend is
+    chosen when Keras is imported, devices are fixed before the backend
+    starts, and reading TensorFlow's memory slows the rest of a process
+    (`timing.tf_step_bytes`)."""
     results = []
     for backend in args.backends:
-        for layout in sorted({(c.replicas, c.workers) for c in matrix if c.backend == backend}):
-            configs = [
-                c for c in matrix if (c.backend, c.replicas, c.workers) == (backend, *layout)
-            ]
-            results += json.loads(run_worker(backend, *layout, configs, args))
+        for config in (c for c in matrix if c.backend == backend):
+            results += json.loads(
+                run_worker(backend, config.replicas, config.workers, [config], args)
+            )
     return results
 
 

@@ -123,9 +123,7 @@ SYNC_HEADER = (
     "every batch norm with `synchronized=True` over the replicas, "
     "against Keras's `BatchNormalization` (on JAX Keras refuses `synchronized=True`, and the "
     "step over the sharded batch reduces over the global batch for every candidate); "
-    "training steps only (inference reads the moving statistics, nothing synchronized); "
-    "their TensorFlow memory is the peak of the CPU allocator during one training step "
-    "above what was live before it."
+    "training steps only (inference reads the moving statistics, nothing synchronized)."
 )
 
 
@@ -149,8 +147,10 @@ def format_report(results, meta, notes=None):
         f"Median of {meta['steps']} timed "
         f"steps after {meta['warmup']} warm-up steps, candidates alternated in one process. "
         "Ratios are against the first row of each group (Keras `BatchNormalization`, or "
-        "the plain model); memory is XLA's planned bytes for one compiled training step "
-        + ("(JAX rows only)." if not synchronized else f"on JAX. {_sync_header(results, meta)}"),
+        "the plain model); step memory is XLA's planned bytes on JAX and the peak of the "
+        'bytes requested from TensorFlow\'s allocator on TensorFlow ("Memory on TensorFlow" '
+        "below), and is not read on PyTorch."
+        + (f" {_sync_header(results, meta)}" if synchronized else ""),
         "",
     ]
     for config in results:

@@ -222,41 +222,84 @@ def planned_bytes(compiled):
     )
 
 
-def tf_cpu_step_bytes(train_step, repeats=5):
-    """Peak bytes TensorFlow's CPU allocator holds during one `train_step()`
-    above what was live before it (all logical CPUs share that allocator);
-    the median of `repeats` steps, or None where TensorFlow keeps no
-    statistics.
+def tf_step_bytes(train_step, repeats=3):
+    """Peak bytes requested from TensorFlow's allocator during one
+    `train_step()` above what was live before it, from the profiler's
+    memory events; the median of `repeats` traced steps, or None where the
+    trace holds no memory events.
 
-    The CPU allocator keeps none unless a profiler session has enabled them
-    (`get_memory_info` then reads zeros): one empty session turns them on
-    for the rest of the process. Counting costs every allocation a lock, so
-    read this after the timing. Memory allocated outside TensorFlow's
-    allocator (Python objects, libraries' own buffers) is not counted.
+    Requested bytes, not the allocator's own peak: its chunks can be much
+    larger than the request they serve (a free 32 MiB chunk is not split
+    for a 16.9 MB XLA buffer), so its peak moved by whole chunks with the
+    order of earlier allocations (docs/performance.md, "Memory on
+    TensorFlow"). A profiler session leaves the CPU allocator counting for
+    the rest of the process, which costs every allocation a lock: read this
+    after the timing, in a process that times nothing more. Memory
+    allocated outside TensorFlow's allocator (Python objects, libraries'
+    own buffers) is not counted.
     """
-    import statistics
     import tempfile
 
     import tensorflow as tf
 
-    if not _TF_PROFILED:
+    peaks = []
+    for _ in range(repeats):
         with tempfile.TemporaryDirectory() as logdir:
             tf.profiler.experimental.start(logdir)
-            tf.profiler.experimental.stop(save=False)
-        _TF_PROFILED.append(True)
-    extra = []
-    try:
-        for _ in range(repeats):
-            tf.config.experimental.reset_memory_stats("CPU:0")
-            before = tf.config.experimental.get_memory_info("CPU:0")["current"]
-            train_step()
-            peak = tf.config.experimental.get_memory_info("CPU:0")["peak"]
-            if peak == 0:  # no statistics: a training step allocates
-                return None
-            extra.append(peak - before)
-    except ValueError:  # a TensorFlow without CPU statistics at all
-        return None
-    return int(statistics.median(extra))
+            try:
+                train_step()
+            finally:
+                tf.profiler.experimental.stop()
+            changes = traced_memory_changes(logdir, _profiled_plane(tf))
+        if not changes:
+            return None
+        peaks.append(peak_of_changes(changes))
+    return int(statistics.median(peaks))
 
 
-_TF_PROFILED = []  # the profiler session that turned the statistics on, once a process
+def _profiled_plane(tf):
+    """The profiler plane of the device TensorFlow computes on."""
+    return "/device:GPU:0" if tf.config.list_logical_devices("GPU") else "/host:CPU"
+
+
+def traced_memory_changes(logdir, plane_name):
+    """`[(picoseconds, bytes), ...]`: every allocation (+ its requested
+    bytes) and deallocation (-) that a profiler trace in `logdir` holds for
+    the plane `plane_name`."""
+    import glob
+
+    from tensorflow.tsl.profiler.protobuf import xplane_pb2
+
+    signs = {"MemoryAllocation": 1, "MemoryDeallocation": -1}
+    changes = []
+    for path in glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True):
+        space = xplane_pb2.XSpace()
+        with open(path, "rb") as f:
+            space.ParseFromString(f.read())
+        for plane in space.planes:
+            if plane.name != plane_name:
+                continue
+            events = {key: meta.name for key, meta in plane.event_metadata.items()}
+            stats = {key: meta.name for key, meta in plane.stat_metadata.items()}
+            for line in plane.lines:
+                for event in line.events:
+                    sign = signs.get(events.get(event.metadata_id))
+                    if sign is None:
+                        continue
+                    requested = next(
+                        s.int64_value or s.uint64_value
+                        for s in event.stats
+                        if stats.get(s.metadata_id) == "requested_bytes"
+                    )
+                    changes.append((line.timestamp_ns * 1000 + event.offset_ps, sign * requested))
+    return changes
+
+
+def peak_of_changes(changes):
+    """The largest running total of `(time, bytes)` changes taken in time
+    order from 0 (frees first among changes at the same time)."""
+    total = peak = 0
+    for _, change in sorted(changes):
+        total += change
+        peak = max(peak, total)
+    return peak

@@ -107,13 +107,29 @@ def test_a_mirrored_training_step_splits_the_batch_across_the_replicas():
 
 
 @pytest.mark.tensorflow_only
-def test_tf_cpu_step_bytes_reads_the_allocator_peak():
+def test_tf_step_bytes_reads_the_requested_peak():
+    """Two float32 tensors of 700 x 700 (1.96 MB each) are live together at
+    the step's peak; the allocator's chunks would round each up."""
     import tensorflow as tf
 
+    @tf.function
     def step():
-        return tf.reduce_sum(tf.random.normal((500, 500))).numpy()
+        a = tf.random.normal((700, 700))
+        b = tf.random.normal((700, 700))
+        return tf.reduce_sum(a * b)
 
-    assert timing.tf_cpu_step_bytes(step, repeats=2) >= 500 * 500 * 4
+    step()  # traced outside the measured steps
+    size = 700 * 700 * 4
+    measured = timing.tf_step_bytes(lambda: step().numpy(), repeats=2)
+    assert 2 * size <= measured < 3 * size
+
+
+def test_peak_of_changes_is_the_largest_running_total_in_time_order():
+    changes = [(30, -10), (10, 10), (20, 5), (40, 20), (50, -5)]
+    assert timing.peak_of_changes(changes) == 25  # 10 + 5, then 5 + 20 after the free
+    # A free and an allocation at the same time: the free first.
+    assert timing.peak_of_changes([(0, 8), (5, 8), (5, -8)]) == 8
+    assert timing.peak_of_changes([(0, -4), (1, 3)]) == 0  # frees of what was live before
 
 
 @pytest.mark.skipif(keras.backend.backend() != "jax", reason="keras.distribution on JAX")
