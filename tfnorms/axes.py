@@ -120,7 +120,35 @@ def unit_axes_for(layer) -> dict[str, tuple[int, ...]]:
                 else ""
             )
         )
+    if isinstance(layer, keras.layers.EinsumDense):
+        return _einsum_unit_axes(layer) or dict(kernels)
     return dict(kernels)
+
+
+def _einsum_unit_axes(layer) -> dict[str, tuple[int, ...]] | None:
+    """The unit axis of an EinsumDense's 2-D kernel, from its equation: the
+    kernel letter that the output keeps is the unit, the one that only the
+    input has is summed over (`"ab,bc->ac"`: the last axis; `"ab,cb->ac"`:
+    the first). None for another kernel rank (`find_kernels` refuses it once
+    the layer is built).
+
+    Raises:
+        ValueError: for a 2-D kernel without exactly one of each.
+    """
+    operands, output = layer.equation.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    if len(kernel) != 2:
+        return None
+    unit = [i for i, letter in enumerate(kernel) if letter in output]
+    summed = [i for i, letter in enumerate(kernel) if letter in inputs and letter not in output]
+    if len(unit) != 1 or len(summed) != 1:
+        raise ValueError(
+            f"EinsumDense layer '{layer.name}' has the equation '{layer.equation}': "
+            "tfnorms normalizes a 2-D kernel whose one letter the output keeps (the "
+            "output unit) and whose other letter only the input has (summed over, as "
+            f"'b' in 'ab,bc->ac'); its kernel's letters '{kernel}' are not that."
+        )
+    return {"kernel": (unit[0] - 2,)}
 
 
 def is_recurrent(layer) -> bool:
@@ -192,8 +220,7 @@ def find_kernels(layer) -> list[tuple[keras.Variable, KernelAxes]]:
         if isinstance(layer, keras.layers.EinsumDense) and rank != 2:
             raise ValueError(
                 f"EinsumDense layer '{layer.name}' has a {rank}-D kernel of shape "
-                f"{tuple(variable.shape)}; only 2-D kernels (in, out) have a defined "
-                "output unit."
+                f"{tuple(variable.shape)}; only 2-D kernels have a defined output unit."
             )
         found.append((variable, kernel_axes(name, rank, unit_axes)))
     return found

@@ -141,6 +141,31 @@ def test_einsum_dense_needs_a_2d_kernel():
         axes.find_kernels(layer)
 
 
+@pytest.mark.parametrize(
+    "equation, output_shape, unit_axes",
+    [
+        ("ab,bc->ac", 4, (-1,)),  # kernel (in, out)
+        ("ab,cb->ac", 4, (-2,)),  # kernel (out, in)
+        ("abc,cd->abd", (3, 4), (-1,)),
+        ("abc,dc->adb", (4, 3), (-2,)),  # units inside the output
+        ("abc,bc->ac", 3, (-1,)),  # c runs along the input and the output: still the unit
+    ],
+)
+def test_einsum_dense_unit_axis_is_the_kernel_letter_the_output_keeps(
+    equation, output_shape, unit_axes
+):
+    layer = L.EinsumDense(equation, output_shape)
+    assert axes.unit_axes_for(layer) == {"kernel": unit_axes}
+    assert axes.unit_axes_for(L.EinsumDense) == {"kernel": (-1,)}  # the class alone: its row
+
+
+@pytest.mark.parametrize("equation", ["ab,bc->abc", "ab,bc->a", "ab,cd->acd"])
+def test_einsum_dense_2d_kernel_without_one_unit_and_one_summed_letter_is_refused(equation):
+    layer = L.EinsumDense(equation, 3)  # refused before build: output_shape unchecked
+    with pytest.raises(ValueError, match=f"'{equation}'.*one letter the output keeps"):
+        axes.unit_axes_for(layer)
+
+
 def test_output_kernel_name():
     assert axes.output_kernel_name(L.Dense(2)) == "kernel"
     assert axes.output_kernel_name(L.Conv2DTranspose(2, 2)) == "kernel"

@@ -1,5 +1,6 @@
 """The wrappers on every kernel kind of docs/design.md, "Output units", beyond Dense/Conv:
-transposed, depthwise and separable convolutions, causal/dilated Conv1D,
+transposed, depthwise and separable convolutions, causal/dilated Conv1D, an
+EinsumDense whose kernel is stored (out, in),
 SimpleRNN/LSTM/GRU and their cells, inside Bidirectional, TimeDistributed
 and keras.layers.RNN; NumPy references on the right axes; the migration
 cases of tensorflow-addons users (TCN block, MelGAN upsampler); and the
@@ -79,6 +80,13 @@ KINDS = {
         lambda: L.SeparableConv2D(5, 3),
         (2, 5, 5, 3),
         {"depthwise_kernel": (-2, -1), "pointwise_kernel": (-1,)},
+        False,
+    ),
+    # A kernel stored (out, in), its units inside the output: d is the unit.
+    "einsum_dense_out_in": (
+        lambda: L.EinsumDense("abc,dc->adb", (5, 4), bias_axes="d"),
+        (3, 4, 6),
+        {"kernel": (-2,)},
         False,
     ),
     "simple_rnn": (lambda: L.SimpleRNN(4, return_sequences=True), (3, 5, 3), RNN_AXES, False),

@@ -40,17 +40,17 @@ _EINSUM = (keras.layers.EinsumDense,)
 def supports(layer: keras.layers.Layer) -> bool:
     """Whether `layer` computes `activation(x (*) kernel + bias)` with one
     kernel whose last axis is the output unit: plain `Dense`, `ConvND` (one
-    group) and `EinsumDense` with a 2-D kernel whose unit letter is not one
-    of the input's (so that `x @ 1` is the einsum with a one-unit kernel),
-    without LoRA, quantization or an activity regularizer (which the layer's
-    own `__call__` adds)."""
+    group) and `EinsumDense` with a 2-D kernel whose last letter is its unit
+    and not one of the input's (so that `x @ 1` is the einsum with a
+    one-unit kernel), without LoRA, quantization or an activity regularizer
+    (which the layer's own `__call__` adds)."""
     if type(layer) not in _DENSE + _CONVOLUTIONS + _EINSUM:
         return False
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return False
     if type(layer) in _EINSUM:
-        inputs, kernel, _ = _einsum_terms(layer)
-        if len(kernel) != 2 or kernel[1] in inputs:
+        inputs, kernel, output = _einsum_terms(layer)
+        if len(kernel) != 2 or kernel[1] in inputs or kernel[1] not in output:
             return False
     return layer.activity_regularizer is None and getattr(layer, "groups", 1) == 1
 
