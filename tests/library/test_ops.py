@@ -272,6 +272,43 @@ def test_top_k_in_a_tensorflow_graph_is_an_xla_cluster_with_the_eager_values(mas
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-6, atol=1e-5)
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("p", [1.0, 3.0])
+@pytest.mark.parametrize("center", [True, False])
+@pytest.mark.parametrize("masked", [False, True])
+def test_abs_deviation_gradient_in_a_tensorflow_graph_is_an_xla_cluster(p, center, masked, rng):
+    """In a traced TensorFlow function without jit_compile, the gradient of
+    `|x - mean|` (finite p other than 2) is an XLA-compiled call that takes
+    the upstream gradient, so that no layer's sign is computed before the
+    backward pass reaches it; the statistics and the gradients of x equal
+    the eager (autodiff) computation's, the mean's path included."""
+    import tensorflow as tf
+
+    shape = (32, 6, 8)
+    x = tf.constant(rng.normal(size=shape) + 0.5, tf.float32)
+    mask = tf.constant(rng.random((*shape[:-1], 1)) < 0.7) if masked else None
+    weights = tf.range(1.0, shape[-1] + 1.0)
+
+    def value_and_grad(x):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            result = stats.statistics(x, -1, p=p, mask=mask, center=center)
+            total = tf.reduce_sum((result.variance + result.mean) * weights)
+        return [result.mean, result.variance, tape.gradient(total, x)]
+
+    traced = tf.function(value_and_grad)
+    graph = traced.get_concrete_function(x).graph
+    compiled_calls = [
+        op
+        for op in graph.get_operations()
+        if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
+    ]
+    assert compiled_calls, "no XLA-compiled call in the traced graph"
+    assert not [op for op in graph.get_operations() if op.type == "Sign"]  # only inside
+    for got, want in zip(traced(x), value_and_grad(x), strict=True):
+        np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("axis", [-1, (0, 1)])
 def test_max_abs_deviation_and_its_gradient_match_numpy(axis, masked, rng):

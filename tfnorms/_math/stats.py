@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 import keras
 from keras import ops
 
-from tfnorms._math import replicas
+from tfnorms._math import compiled, replicas
 from tfnorms._math.reduce import (
     as_dtype,
     expand_statistics,
@@ -133,9 +133,9 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
         scale = linf_constant(count) * top_mean
         variance = ops.square(scale)
     else:
-        deviation = x if centered_mean is None else x - centered_mean
+        powered = _deviation_power(x, centered_mean, p)
         moment = reduction.moment(
-            masked_mean(_power(deviation, p), axis, mask, local_count, total), local_count, count
+            masked_mean(powered, axis, mask, local_count, total), local_count, count
         )
         variance = lp_variance(moment, p)
         if p == 1.0:
@@ -143,13 +143,44 @@ def statistics(x, axis, p=2.0, top_k=None, mask=None, reduction=replicas.LOCAL, 
     return Statistics(mean if center else ops.zeros_like(variance), variance, count, scale)
 
 
-def _power(deviation, p):
-    """`|deviation|**p`, with the cheap forms for p = 1 and 2."""
+def _deviation_power(x, mean, p):
+    """`|x - mean|**p` (`mean` None: 0), with the cheap forms for p = 1 and 2."""
     if p == 2.0:
-        return ops.square(deviation)
-    if p == 1.0:
-        return ops.abs(deviation)
-    return power(ops.abs(deviation), p)
+        return ops.square(x if mean is None else x - mean)
+    absolute = _absolute_deviation(x, mean)
+    return absolute if p == 1.0 else power(absolute, p)
+
+
+def _absolute_deviation(x, mean):
+    """`|x - mean|`; in a TensorFlow graph without XLA, with its gradient
+    `upstream * sign(x - mean)` (and the mean's, minus its sum) as one XLA
+    cluster that recomputes the deviation. Autodiff keeps `x - mean` for
+    the backward pass and its `Abs` gradient takes the sign from forward
+    tensors alone, so the graph computes that sign for every layer as soon
+    as the backward pass starts and holds all of them: L1 batch norm's
+    training step peaked at 1.30x Keras's batch norm's memory on the bench
+    MLP (docs/design.md, "Lp batch normalization", top-k selection)."""
+    if not compiled.in_tf_graph():
+        return ops.abs(x if mean is None else x - mean)
+    # The axes that `mean` (kept axes' statistics, expanded) broadcasts over.
+    broadcast = () if mean is None else tuple(i for i, d in enumerate(mean.shape) if d == 1)
+
+    def signed(upstream, x, *mean):
+        grad_x = upstream * ops.sign(x - mean[0] if mean else x)
+        if not mean:
+            return grad_x
+        return grad_x, -ops.sum(grad_x, axis=broadcast, keepdims=True)
+
+    signed = compiled.as_xla_cluster(signed)
+
+    @ops.custom_gradient
+    def absolute(x, *mean):
+        def gradient(*args, upstream=None):
+            return signed(args[0] if upstream is None else upstream, x, *mean)
+
+        return ops.abs(x - mean[0] if mean else x), gradient
+
+    return absolute(x) if mean is None else absolute(x, mean)
 
 
 def _max_statistics(x, axis, mask, reduction, count, total, center):

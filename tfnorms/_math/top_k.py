@@ -171,21 +171,37 @@ def top_k_deviation_mean(x, mean, k, axis, mask=None):
     if torch_top_k.applies(x, k, axis, mask):
         return torch_top_k.top_k_deviation_mean(x, mean, k, axis)
 
-    def top_mean(x, *mean):
-        mean = mean[0] if mean else None
-        _, absolute = deviation_magnitudes(x, mean, mask)
+    def select(x, *mean):
+        """The statistic and where its k largest end (no gradient)."""
+        _, absolute = deviation_magnitudes(x, mean[0] if mean else None, mask)
         top = top_k_values(absolute, k, axis, pad_to_k=True)
         cut = Cut.of(top)
+        return valid_mean(top), cut.threshold, cut.above
+
+    def differentiate(x, threshold, above, upstream, *mean):
+        mean = mean[0] if mean else None
+        cut = Cut(threshold, above)
+        _, _, _, reached = _reaching(x, mean, mask, threshold, axis)
+        count = _reached_count(reached, axis, above.dtype)
+        return _gradient(x, mean, mask, axis, k, cut, count, upstream)
+
+    # Each pass its own XLA cluster, the custom gradient outside them: a
+    # differentiated cluster returned two x-sized tensors per layer for its
+    # backward pass, held until then (docs/design.md, "Lp batch normalization",
+    # top-k selection).
+    select = compiled.as_xla_cluster(select)
+    differentiate = compiled.as_xla_cluster(differentiate)
+
+    def top_mean(x, *mean):
+        value, threshold, above = select(x, *mean)
 
         def gradient(*args, upstream=None):
             upstream = _upstream_only(args, upstream)
-            _, _, _, reached = _reaching(x, mean, mask, cut.threshold, axis)
-            count = _reached_count(reached, axis, cut.above.dtype)
-            return _gradient(x, mean, mask, axis, k, cut, count, upstream)
+            return differentiate(x, threshold, above, upstream, *mean)
 
-        return valid_mean(top), gradient
+        return value, gradient
 
-    top_mean = compiled.as_xla_cluster(ops.custom_gradient(top_mean))
+    top_mean = ops.custom_gradient(top_mean)
     return top_mean(x) if mean is None else top_mean(x, mean)
 
 
