@@ -1,6 +1,7 @@
 """strip and convert_model on models built from custom layers that hold their
 layers in attributes, lists, dicts and tuples (a TCN, a MelGAN-like
-generator, a functional model mixing both, a keras-hub BERT backbone): every
+generator, a functional model mixing both, blocks that make their layers in
+`__init__` and build them in `build`, a keras-hub BERT backbone): every
 layer the model tracks is converted or stripped, outputs are kept, the
 original is untouched, the class is kept where Keras allows it, and what
 cannot be rebuilt is named."""
@@ -11,7 +12,13 @@ import keras
 import numpy as np
 import pytest
 from layer_checks import to_numpy
-from tools_models import MelGANGenerator, make_melgan, make_mixed_model, make_tcn_model
+from tools_models import (
+    MelGANGenerator,
+    make_gated_model,
+    make_melgan,
+    make_mixed_model,
+    make_tcn_model,
+)
 
 import tfnorms
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
@@ -39,6 +46,7 @@ MODELS = {
     "tcn": (make_tcn_model, (16, 3), 8),
     "melgan": (make_melgan, (8, 5), 16),
     "mixed": (make_mixed_model, (10, 4), 11),
+    "gated": (make_gated_model, (6,), 5),  # layers made in __init__, built in build
 }
 
 
@@ -69,7 +77,7 @@ def test_convert_then_strip_reach_every_layer_and_keep_outputs(name, rng):
     assert len(stripped.weights) == len(model.weights)
 
 
-@pytest.mark.parametrize("name", ["tcn", "melgan"])
+@pytest.mark.parametrize("name", ["tcn", "melgan", "gated"])
 def test_strip_a_model_built_with_wrappers(name, rng):
     make, shape, kernels = MODELS[name]
     model = make(wn=True)

@@ -4,7 +4,9 @@ dilated Conv1D layers created in `build`, in lists, inside a TCN layer), a
 MelGAN-like generator (a subclassed model: Conv1DTranspose upsampling in a
 dict, residual stacks in lists of lists, the output in a tuple), and a
 functional model mixing both with a custom layer that holds a functional
-model. `wn=True` wraps every kernel layer in `WeightNormalization`."""
+model, and a gated block whose layers are made in `__init__` and built in
+its `build` (the Keras guide's pattern). `wn=True` wraps every kernel layer
+in `WeightNormalization`."""
 
 from __future__ import annotations
 
@@ -228,3 +230,35 @@ def make_mixed_model(steps=10, features=4):
     h = L.TimeDistributed(L.Dense(4, name="td_dense"), name="td")(h)
     h = L.Bidirectional(L.LSTM(3), name="bilstm")(h)
     return keras.Model(inputs, L.Dense(2, name="head")(h), name="mixed")
+
+
+class GatedBlock(L.Layer):
+    """`value(x) * sigmoid(gate(x))`, its layers made in `__init__` and
+    built by its own `build` (which fails on an already-built layer)."""
+
+    def __init__(self, units, wn=False, **kwargs):
+        super().__init__(**kwargs)
+        self.units, self.wn = units, wn
+        self.value = _maybe_wn(L.Dense(units, name="value"), wn)
+        self.gate = _maybe_wn(L.Dense(units, name="gate"), wn)
+
+    def build(self, input_shape):
+        self.value.build(input_shape)
+        self.gate.build(input_shape)
+        super().build(input_shape)
+
+    def call(self, x):
+        return self.value(x) * keras.ops.sigmoid(self.gate(x))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(units=self.units, wn=self.wn)
+        return config
+
+
+def make_gated_model(wn=False, features=6):
+    """Two GatedBlocks and a Dense head: 5 kernel layers."""
+    inputs = keras.Input((features,))
+    h = GatedBlock(8, wn=wn, name="gated_0")(inputs)
+    h = GatedBlock(4, wn=wn, name="gated_1")(h)
+    return keras.Model(inputs, _maybe_wn(L.Dense(2, name="head"), wn)(h), name="gated")

@@ -43,15 +43,14 @@ class CannotRebuild(ValueError):
 def build_like(new: keras.layers.Layer, old: keras.layers.Layer) -> None:
     """Build `new` (and the sub-layers it holds) from the shapes `old` (and
     its sub-layers at the same places) were built with."""
-    _build_children_like(new, old)
     if old.built and not new.built:
         config = old.get_build_config()
         if config:
             new.build_from_config(config)
-        _build_children_like(new, old)  # those that `build` created
         # A model's `build_from_config` may run `call` symbolically, which
         # builds everything but leaves the model's own flag down.
         new.built = True
+    _build_children_like(new, old)  # those that the layer's own build left unbuilt
 
 
 def _build_children_like(new, old):
