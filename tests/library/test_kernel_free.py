@@ -166,8 +166,8 @@ def test_the_path_is_taken_under_xla_only_while_the_output_is_the_smaller():
     """JAX: in its (compiled) steps; TensorFlow: in an XLA-compiled function
     only; PyTorch: never (eager is faster with W formed); never in float16,
     where `x @ V` could overflow; and only while the output has no more rows
-    (batch times positions) than the kernel's fan-in, or with a batch size
-    unknown until run time."""
+    (batch times positions) than the kernel's fan-in; never with a batch
+    size unknown until run time (None, or a symbolic dimension)."""
     backend = keras.backend.backend()
     dense = keras.layers.Dense(8)
     dense.build((None, 16))
@@ -196,6 +196,13 @@ def test_the_path_is_taken_under_xla_only_while_the_output_is_the_smaller():
         assert decisions() == want
         assert not kernel_free.pays(half, small)
         assert not kernel_free.pays(dense, keras.KerasTensor((None, 16)))  # unknown batch
+        # A symbolic batch of JAX's shape inference (Keras's compute_output_spec
+        # for a custom layer without compute_output_shape) cannot be compared.
+        import jax
+
+        (batch,) = jax.export.symbolic_shape("b")
+        assert not kernel_free.pays(dense, jax.ShapeDtypeStruct((batch, 16), "float32"))
+        assert not kernel_free.pays(conv, jax.ShapeDtypeStruct((batch, 4, 4, 2), "float32"))
     elif backend == "torch":
         assert decisions() == nothing
     else:

@@ -90,8 +90,11 @@ def pays(layer: keras.layers.Layer, x: Tensor) -> bool:
     if layer.compute_dtype == "float16" or not compiled.by_xla():
         return False
     rows = _output_rows(layer, tuple(x.shape))
-    if any(d is None for d in rows):
-        return False  # unknown until run time: the path that is never far off
+    if not all(isinstance(d, int) for d in rows):
+        # Unknown until run time (None, or a symbolic dimension of JAX's
+        # shape inference, which cannot be compared): the path that is
+        # never far off.
+        return False
     fan_in = math.prod(layer.kernel.shape[:-1])
     return math.prod(rows) <= fan_in
 
