@@ -454,6 +454,49 @@ def test_jit_compile(wrapper_name, rng):
     assert_jit_fit(lambda: make_cnn(wrapper_name), x, y)
 
 
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="torch.compile")
+def test_a_compiled_first_call_on_torch(rng):
+    """A fresh model whose first call is compiled (`predict` with
+    `jit_compile=True`, then `torch.compile` of another): torch.compile
+    traces the wrapper's call, which once failed on a dict keyed by the
+    kernels' ids."""
+    import torch
+
+    x, _ = regression_data(rng, (6,), n=8)
+    model = compile_for_regression(make_mlp("wn"), jit_compile=True)
+    compiled_predictions = model.predict(x, verbose=0)
+    np.testing.assert_allclose(compiled_predictions, to_numpy(model(x)), rtol=1e-5, atol=1e-6)
+    fresh = make_mlp("cwn")
+    loss = torch.compile(fresh)(torch.as_tensor(x)).square().sum()
+    loss.backward()
+    assert all(v.value.grad is not None for v in fresh.trainable_variables)
+
+
+@pytest.mark.parametrize("wrapper_name", ["cwn", "wn", "bwn"])
+def test_inner_losses_count_once(wrapper_name, rng):
+    """The inner layer's activity-regularization loss is the wrapper's, once:
+    in `model.losses`, in `stateless_call` (what JAX's `fit` runs) and in
+    `evaluate`, as for the bare layer."""
+    x, y = regression_data(rng, (4,), n=16)
+
+    def build(wrap):
+        keras.utils.set_random_seed(0)
+        dense = keras.layers.Dense(3, activity_regularizer=keras.regularizers.L1(1.0))
+        return keras.Sequential([keras.Input((4,)), wrap(dense)])
+
+    model = build(WRAPPERS[wrapper_name])
+    outputs = to_numpy(model(x))
+    activity = np.abs(outputs).sum() / len(x)  # Keras divides by the batch size
+    assert [float(to_numpy(loss)) for loss in model.losses] == pytest.approx([activity], rel=1e-5)
+    trainable = [v.value for v in model.trainable_variables]
+    others = [v.value for v in model.non_trainable_variables]
+    _, _, losses = model.stateless_call(trainable, others, x, return_losses=True)
+    assert [float(to_numpy(loss)) for loss in losses] == pytest.approx([activity], rel=1e-5)
+    model.compile(optimizer="sgd", loss="mse")
+    mse = np.mean((outputs - y) ** 2)
+    assert model.evaluate(x, y, batch_size=16, verbose=0) == pytest.approx(mse + activity, rel=1e-4)
+
+
 def test_dtype_follows_the_inner_layer():
     wrapper = tfnorms.CenteredWeightNorm(keras.layers.Dense(2, dtype="float64"))
     assert wrapper.compute_dtype == "float64"

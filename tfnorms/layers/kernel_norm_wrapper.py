@@ -56,6 +56,15 @@ def _leaves(inputs):
     return keras.tree.flatten(inputs)
 
 
+def _substitute(variable, effective):
+    """The effective kernel `W` that replaces `variable` (a `(V, W)` pair of
+    `effective` holds it), or None where the variable is read as it is."""
+    for kernel, value in effective:
+        if kernel is variable:
+            return value
+    return None
+
+
 class KernelNormWrapper(keras.layers.Wrapper):
     """Base of the weight-normalization wrappers.
 
@@ -213,26 +222,37 @@ class KernelNormWrapper(keras.layers.Wrapper):
                 inputs = ops.cast(inputs, self.layer.compute_dtype)
                 return kernel_free.call(self.layer, inputs, variable.value, mean, factor)
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
-        kernels = {
-            id(variable): self._effective_kernel(variable, kernel_axes)
+        # Matched by identity, not keyed by `id()`: torch.compile fails on a
+        # dict of ids built in the traced call.
+        effective = [
+            (variable, self._effective_kernel(variable, kernel_axes))
             for variable, kernel_axes in self._kernels
-        }
+        ]
         inner_variables = self._inner_state_variables()
-        mapping = [(v, kernels[id(v)] if id(v) in kernels else v.value) for v in inner_variables]
+        substitutes = [_substitute(v, effective) for v in inner_variables]
+        mapping = [
+            (v, v.value if w is None else w)
+            for v, w in zip(inner_variables, substitutes, strict=True)
+        ]
         if "training" in self._inner_call_args:
             kwargs["training"] = training
         if mask is not None and "mask" in self._inner_call_args:
             kwargs["mask"] = mask
         with keras.StatelessScope(state_mapping=mapping, collect_losses=True) as scope:
-            before = {id(v): scope.get_current_value(v) for v in inner_variables}
+            before = [scope.get_current_value(v) for v in inner_variables]
             outputs = self.layer(inputs, *args, **kwargs)
         # Carry out the inner layer's own state updates (RNN states, seeds).
-        for variable in inner_variables:
-            if id(variable) in kernels:
-                continue
+        for variable, substitute, value_before in zip(
+            inner_variables, substitutes, before, strict=True
+        ):
             value = scope.get_current_value(variable)
-            if value is not before[id(variable)]:
+            if substitute is None and value is not value_before:
                 variable.assign(value)
+        # The inner layers' losses (activity regularizers, add_loss) become
+        # this wrapper's. The inner layers still list them as their own, which
+        # an enclosing stateless scope (JAX's fit, `stateless_call`) would
+        # then count twice: Keras's own `_clear_losses` drops their claim.
+        self.layer._clear_losses()
         for loss in scope.losses:
             self.add_loss(loss)
         return outputs
