@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfnorms._math import compiled, select, top_k
+from tfnorms._math import select, top_k
 from tfnorms._math.reduce import (
     expand_statistics,
     kept_axes,
@@ -139,8 +139,7 @@ class Replicated:
         return _global_mean(summed, count)
 
     def mean_and_max_deviation(self, x, mean, count, axis, mask):
-        # Local, before the collective: one fused pass for both extremes.
-        high, low = compiled.as_xla_cluster(lambda x: select.extremes(x, axis, mask))(x)
+        high, low = select.replica_extremes(x, axis, mask)
         count = ops.convert_to_tensor(count, dtype=mean.dtype)
         (sums,), count, (highs, lows) = self._sums_with_count([mean * count], count, [high, low])
         mean = _global_mean(sums, count)

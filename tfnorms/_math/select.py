@@ -187,6 +187,53 @@ def extremes(x, axis, mask):
     return ops.cast(high, dtype), ops.cast(low, dtype)
 
 
+def replica_extremes(x, axis, mask):
+    """`extremes` of this replica's share, before the collective that merges
+    them; differentiable (each extreme's upstream gradient shared by its
+    ties, as autodiff shares it).
+
+    In a TensorFlow graph without XLA, the forward pass and the gradient are
+    two XLA clusters under a custom gradient: one fused pass for both
+    extremes, and no differentiated cluster, whose gradient made it return
+    x-sized tensors for the backward pass that the step held until then
+    (docs/design.md, "Lp batch normalization", top-k selection)."""
+    if not compiled.in_tf_graph():
+        return extremes(x, axis, mask)
+    ndim = len(x.shape)
+    axes = reduction_axes(ndim, axis)
+    dtype = statistics_dtype(x.dtype)
+
+    def forward(x):
+        return ops.stack(extremes(x, axis, mask))
+
+    def spread(x, both, upstream):
+        grad_x = ops.zeros((), x.dtype)
+        for target, share in zip(ops.unstack(both), ops.unstack(upstream), strict=True):
+            hit = x == expand_statistics(ops.cast(target, x.dtype), ndim, axis)
+            if mask is not None:
+                hit = ops.logical_and(hit, mask)
+            ties = ops.sum(ops.cast(hit, dtype), axis=axes)
+            per_tie = expand_statistics(share / maximum(ties, 1.0), ndim, axis)
+            grad_x = grad_x + ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
+        return grad_x
+
+    forward = compiled.as_xla_cluster(forward)
+    spread = compiled.as_xla_cluster(spread)
+
+    @ops.custom_gradient
+    def both_extremes(x):
+        both = forward(x)
+
+        def gradient(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            return spread(x, both, ops.cast(upstream, dtype))
+
+        return both, gradient
+
+    high, low = ops.unstack(both_extremes(x))
+    return high, low
+
+
 def max_abs_deviation(x, mean, axis, mask=None):
     """Per channel (per kept position), `max |x - mean|` over the valid entries,
     as `max(max(x) - mean, mean - min(x))` (no deviation tensor).
@@ -204,6 +251,23 @@ def max_abs_deviation(x, mean, axis, mask=None):
     axes = reduction_axes(ndim, axis)
     dtype = statistics_dtype(x.dtype)
 
+    def spread(x, target, signed):
+        """`(grad_x, grad_mean)`: `signed` shared by the entries at `target`."""
+        hit = x == expand_statistics(ops.cast(target, x.dtype), ndim, axis)
+        if mask is not None:
+            hit = ops.logical_and(hit, mask)
+        ties = ops.sum(ops.cast(hit, dtype), axis=axes)
+        per_tie = expand_statistics(signed / maximum(ties, 1.0), ndim, axis)
+        grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
+        return grad_x, -ops.where(ties > 0, signed, ops.zeros_like(signed))
+
+    # In a TensorFlow graph, one XLA cluster that takes the upstream gradient:
+    # the graph runs an op as soon as its inputs exist, and the tie mask,
+    # which reads forward tensors only, was computed for every layer at the
+    # start of the backward pass and held (docs/design.md, "Lp batch
+    # normalization", top-k selection).
+    spread = compiled.as_xla_cluster(spread)
+
     @ops.custom_gradient
     def deviation(x, mean):
         high, low = extremes(x, axis, mask)
@@ -215,18 +279,11 @@ def max_abs_deviation(x, mean, axis, mask=None):
         def gradient(*args, upstream=None):
             if upstream is None:
                 (upstream,) = args
-            target = expand_statistics(ops.cast(ops.where(upper, high, low), x.dtype), ndim, axis)
-            hit = x == target
-            if mask is not None:
-                hit = ops.logical_and(hit, mask)
-            ties = ops.sum(ops.cast(hit, dtype), axis=axes)
             # d scale / d target: +1 for the maximum, -1 for the minimum; none
             # where rounding in the mean made the extreme deviation negative.
             sign = ops.cast(ops.where(upper, 1, -1), dtype) * ops.cast(largest >= 0, dtype)
             signed = ops.cast(upstream, dtype) * sign
-            per_tie = expand_statistics(signed / maximum(ties, 1.0), ndim, axis)
-            grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
-            grad_mean = -ops.where(ties > 0, signed, ops.zeros_like(signed))
+            grad_x, grad_mean = spread(x, ops.where(upper, high, low), signed)
             return grad_x, ops.cast(grad_mean, mean.dtype)
 
         return scale, gradient
