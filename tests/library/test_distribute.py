@@ -123,13 +123,18 @@ def uneven_batches(sizes, masked, fully_masked, rng):
 
 
 @tensorflow_only
+@pytest.mark.parametrize("traced", [False, True], ids=["eager", "traced"])
 @pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("split_name", sorted(SPLITS))
 @pytest.mark.parametrize("name", ["p1", "p2", "p3", "pinf", "top3", "top10", "mean_only"])
-def test_any_split_of_the_global_batch_is_exact(name, split_name, masked, rng):
+def test_any_split_of_the_global_batch_is_exact(name, split_name, masked, traced, rng):
     """Outputs, input and weight gradients and moving statistics of the
     synchronized layer equal one device's on the global batch, whatever the
-    split: a replica with zero rows, or with every row masked, included."""
+    split: a replica with zero rows, or with every row masked, included.
+    Each replica's step eager, or traced into a TensorFlow graph (what `fit`
+    runs), where the local extremes, the top-k selection and the gradients
+    of `|x - mean|`, of the extremes and of the top-k mean are XLA clusters
+    of their own."""
     import tensorflow as tf
 
     sizes = SPLITS[split_name]
@@ -157,7 +162,8 @@ def test_any_split_of_the_global_batch_is_exact(name, split_name, masked, rng):
     def parts(a):
         return None if a is None else [a[: sizes[0]], a[sizes[0] :]]
 
-    got = on_replicas(strategy, lambda *a: run(synced, *a), parts(x), parts(w), parts(mask))
+    step = (tf.function if traced else lambda f: f)(lambda *a: run(synced, *a))
+    got = on_replicas(strategy, step, parts(x), parts(w), parts(mask))
     for i in (0, 1):  # outputs and input gradients: each replica its rows
         np.testing.assert_allclose(np.concatenate(got[i]), want[i], rtol=1e-4, atol=1e-4)
     for replicas, total in zip(got[2:], want[2:], strict=True):
@@ -167,48 +173,6 @@ def test_any_split_of_the_global_batch_is_exact(name, split_name, masked, rng):
         first, second = replica_values(mine)
         np.testing.assert_array_equal(first, second, err_msg=mine.path)
         np.testing.assert_allclose(first, to_numpy(theirs), rtol=1e-5, err_msg=mine.path)
-
-
-@tensorflow_only
-@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
-@pytest.mark.parametrize("name", ["p1", "pinf", "top3"])
-def test_replica_steps_in_a_traced_graph_are_exact(name, masked, rng):
-    """As above, with each replica's step traced into a TensorFlow graph
-    (what `fit` runs), where the local extremes, the top-k selection and the
-    gradients of `|x - mean|`, of the extremes and of the top-k mean are XLA
-    clusters of their own."""
-    import tensorflow as tf
-
-    sizes = (3, 2)
-    strategy = mirrored_strategy()
-    with strategy.scope():
-        synced = CONFIGS[name](synchronized=True, momentum=0.5)
-        synced.build((None, 3, 4))
-    single = CONFIGS[name](momentum=0.5)
-    single.build((None, 3, 4))
-    initial = [rng.uniform(0.5, 2.0, size=v.shape) for v in single.weights]
-    single.set_weights(initial)
-    synced.set_weights(initial)
-    x, w, mask = uneven_batches(sizes, masked, False, rng)
-
-    def run(layer, x, w, m):
-        with tf.GradientTape() as tape:
-            tape.watch(x)
-            y = layer(x, training=True, mask=m)
-            loss = tf.reduce_sum(w * y * y * y)
-        return [y, *tape.gradient(loss, [x, *layer.trainable_variables])]
-
-    want = [g.numpy() for g in run(single, tf.constant(x), tf.constant(w), mask)]
-
-    def parts(a):
-        return None if a is None else [a[: sizes[0]], a[sizes[0] :]]
-
-    traced = tf.function(lambda *a: run(synced, *a))
-    got = on_replicas(strategy, traced, parts(x), parts(w), parts(mask))
-    for i in (0, 1):
-        np.testing.assert_allclose(np.concatenate(got[i]), want[i], rtol=1e-4, atol=1e-4)
-    for replicas, total in zip(got[2:], want[2:], strict=True):
-        np.testing.assert_allclose(replicas[0] + replicas[1], total, rtol=1e-4, atol=1e-4)
 
 
 @tensorflow_only
