@@ -293,3 +293,33 @@ def test_data_init_names_a_wrapper_called_only_inside_a_tf_function(rng):
         report = tfnorms.data_init(model, rng.normal(size=(16, 4)).astype("float32"))
     assert [w.name for w in report.layers] == ["outer"]
     assert [e.layer.name for e in report.left] == ["inside"]
+
+
+@pytest.mark.parametrize("entry", ["data_init", "data_init=True"])
+def test_data_init_leaves_masked_positions_out(entry, rng):
+    """Padded (masked) time steps are not in the statistics: the same valid
+    tokens padded to 5 or 20 steps give the same initialization, and the
+    valid positions come out with mean 0 and variance 1 per unit."""
+    tokens = rng.integers(1, 20, size=(32, 5))
+
+    def initialized(steps):
+        keras.utils.set_random_seed(1)
+        wrapper = tfnorms.WeightNormalization(
+            keras.layers.Dense(4), data_init=entry == "data_init=True"
+        )
+        model = keras.Sequential(
+            [keras.Input((steps,), dtype="int32"), keras.layers.Embedding(20, 6, mask_zero=True)]
+        )
+        model.add(wrapper)
+        x = np.zeros((32, steps), "int32")
+        x[:, :5] = tokens
+        if entry == "data_init":
+            tfnorms.data_init(model, x)
+        valid = to_numpy(model(x))[:, :5].reshape(-1, 4)
+        return to_numpy(wrapper.scale_variables()["kernel"]), valid
+
+    g_unpadded, _ = initialized(5)
+    g_padded, valid = initialized(20)
+    np.testing.assert_allclose(g_padded, g_unpadded, rtol=1e-4)
+    np.testing.assert_allclose(valid.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(valid.std(axis=0), 1.0, rtol=1e-3)

@@ -14,15 +14,23 @@ from tfnorms._types import Tensor
 _CONSTANT_UNIT = 1e-6
 
 
-def unit_moments(pre_activation: Tensor, channel_axis: int) -> tuple[Tensor, Tensor]:
+def unit_moments(
+    pre_activation: Tensor, channel_axis: int, mask: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Mean and variance of each unit (the channel axis) over every other
-    axis, in float32 (two passes, so an offset does not eat the variance)."""
+    axis, in float32 (two passes, so an offset does not eat the variance).
+    `mask` (the other axes' shape, True where valid) leaves padded positions
+    out, as every statistic of the package does."""
     z = ops.cast(pre_activation, "float32")
     z = ops.moveaxis(z, channel_axis, -1)
     z = ops.reshape(z, (-1, z.shape[-1]))
-    mean = ops.mean(z, axis=0)
-    variance = ops.mean(ops.square(z - mean), axis=0)
-    return mean, variance
+    if mask is None:
+        mean = ops.mean(z, axis=0)
+        return mean, ops.mean(ops.square(z - mean), axis=0)
+    valid = ops.reshape(ops.cast(mask, "float32"), (-1, 1))
+    count = ops.maximum(ops.sum(valid), 1.0)
+    mean = ops.sum(z * valid, axis=0) / count
+    return mean, ops.sum(ops.square(z - mean) * valid, axis=0) / count
 
 
 def standardizing_update(

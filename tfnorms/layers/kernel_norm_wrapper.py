@@ -56,6 +56,19 @@ def _leaves(inputs):
     return keras.tree.flatten(inputs)
 
 
+def input_mask(inputs: Any, kwargs: dict) -> Any:
+    """The mask a layer's call sees for its inputs: the `mask` argument, or
+    the one Keras attached to the input tensor (a layer whose `call` takes
+    no `mask`, as `WeightNormalization`'s, gets it that way only). Keras has
+    no public reader for the attached mask."""
+    from keras.src.backend.common.masking import get_keras_mask
+
+    mask = kwargs.get("mask")
+    if mask is None and not isinstance(inputs, (list, tuple, dict)):
+        mask = get_keras_mask(inputs)
+    return mask
+
+
 def _substitute(variable, effective):
     """The effective kernel `W` that replaces `variable` (a `(V, W)` pair of
     `effective` holds it), or None where the variable is read as it is."""

@@ -17,7 +17,7 @@ from keras.src.backend.common.variables import AutocastScope
 from tfnorms import _validation, axes
 from tfnorms._math.data_init import standardizing_update, unit_moments
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Tensor
-from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind, input_mask
 
 # Initializer name that starts the scale at each unit's initial norm, so that
 # the wrapped layer first computes what the bare layer (with a centered kernel
@@ -126,11 +126,13 @@ class CenteredWeightNorm(KernelNormWrapper):
             )
         return None
 
-    def standardize_units(self, pre_activation: Tensor) -> None:
+    def standardize_units(self, pre_activation: Tensor, mask: Tensor | None = None) -> None:
         """Set `g` and the inner bias so that these pre-activations (the
         inner layer's outputs before its activation, on one batch) would have
         mean 0 and variance 1 per output unit; docs/weight_norm.md,
-        "Data-dependent initialization"."""
+        "Data-dependent initialization". A `mask` of the input's (Keras's
+        convention: its shape without the last axis) leaves padded positions
+        out where it matches the output's positions (channels last)."""
         inner = self.layer
         scale = self._scales[axes.output_kernel_name(inner)]
         units = math.prod(scale.shape)
@@ -142,7 +144,10 @@ class CenteredWeightNorm(KernelNormWrapper):
                 f"channel axis does not hold its {units} output units; it cannot be "
                 "initialized from data."
             )
-        mean, variance = unit_moments(pre_activation, channel_axis)
+        positions = shape[:-1]
+        if mask is not None and (channel_axis != -1 or tuple(mask.shape) != positions):
+            mask = None  # positions the mask does not describe (strides, channels first)
+        mean, variance = unit_moments(pre_activation, channel_axis, mask)
         bias = getattr(inner, "bias", None)
         if not (isinstance(bias, keras.Variable) and math.prod(bias.shape) == units):
             bias = None
@@ -322,7 +327,7 @@ class WeightNormalization(CenteredWeightNorm):
             )
         with without_activation(self.layer):
             pre_activation = super().call(inputs, *args, **kwargs)
-        self.standardize_units(pre_activation)
+        self.standardize_units(pre_activation, input_mask(inputs, kwargs))
 
     def _read_initialized(self) -> bool:
         """The variable's value where it can be read (eagerly, or lifted out

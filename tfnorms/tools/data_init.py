@@ -10,7 +10,7 @@ from typing import Any
 import keras
 from keras import ops
 
-from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind
+from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind, input_mask
 from tfnorms.layers.weight_norm import CenteredWeightNorm, without_activation
 from tfnorms.tools.report import Report
 from tfnorms.tools.walk import Visit, walk
@@ -70,7 +70,7 @@ class _Hook:
         wrapper = self.visit.layer
         with without_activation(wrapper.layer):
             pre_activation = self.original(*args, **kwargs)
-        wrapper.standardize_units(pre_activation)
+        wrapper.standardize_units(pre_activation, input_mask(args[0] if args else None, kwargs))
         self.done.append(self.visit)
         return self.original(*args, **kwargs)
 
