@@ -99,6 +99,10 @@ def unit_axes_for(layer) -> dict[str, tuple[int, ...]]:
         ValueError: naming the layer's class and the kernels looked for, when
             the layer has no row in the table.
     """
+    if not isinstance(layer, keras.layers.Layer) and not (
+        isinstance(layer, type) and issubclass(layer, keras.layers.Layer)
+    ):
+        raise ValueError(f"Expected a Keras layer or layer class; received {layer!r}.")
     kernels = _row_for(layer)
     if kernels is None:
         what = (

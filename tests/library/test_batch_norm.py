@@ -313,3 +313,16 @@ def test_accepted_spellings_of_numbers():
     assert math.isinf(
         tfnorms.LpBatchNormalization(renorm_clipping={"rmax": np.inf}).renorm_clipping["rmax"]
     )
+
+
+@pytest.mark.parametrize("p", [1.0, 2.0, "inf"])
+def test_a_1d_input_is_one_entry_per_channel(p):
+    """`axis=0` on a 1-D input: each entry is its own channel, reduced over
+    nothing, on every backend (Keras's PyTorch `moments` reads an empty
+    tuple of axes as all of them): the output is beta, the moving mean x."""
+    x = np.arange(10, dtype="float32")
+    layer = tfnorms.LpBatchNormalization(p=p, axis=0, momentum=0.0)
+    y = keras.ops.convert_to_numpy(layer(x, training=True))
+    np.testing.assert_allclose(y, 0.0, atol=1e-6)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_mean), x)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer.moving_variance), 0.0, atol=1e-6)

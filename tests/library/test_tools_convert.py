@@ -417,3 +417,21 @@ def test_batch_renormalization_is_carried_or_refused(rng):
         )
     with pytest.raises(ValueError, match=r"renorm=True.*'bn'.*MeanOnlyBatchNormalization"):
         tfnorms.convert_model(model, batch_norm="mean_only")
+
+
+def test_every_tool_refuses_what_is_not_a_model_naming_it():
+    """Each model tool names itself and what it received; a path that is not
+    one names `path`; `for_layer` refuses what is not a layer."""
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    for call, tool in [
+        (lambda: tfnorms.convert_model("m", weight_norm="wn"), "convert_model"),
+        (lambda: tfnorms.strip("m"), "strip"),
+        (lambda: tfnorms.data_init("m", np.zeros((2, 3))), "data_init"),
+        (lambda: tfnorms.load_addons_weights("m", "weights.h5"), "load_addons_weights"),
+    ]:
+        with pytest.raises(ValueError, match=rf"tfnorms\.{tool} takes a Keras model; received 'm'"):
+            call()
+    with pytest.raises(TypeError, match="`path` must be a file or folder path.*None"):
+        tfnorms.load_addons_weights(model, None)
+    with pytest.raises(ValueError, match="Expected a Keras layer or layer class; received 'Dense'"):
+        tfnorms.CenteredUnitNorm.for_layer("Dense")

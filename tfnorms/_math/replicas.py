@@ -36,6 +36,11 @@ def _local_moments(x, axes, count):
     """This batch's mean and biased variance in the statistics dtype; zeros
     where it has no elements (`ops.moments` gives 0/0 there)."""
     dtype = statistics_dtype(x.dtype)
+    if not axes:
+        # Nothing to reduce (a 1-D input, each entry its own channel): Keras's
+        # PyTorch `moments` reads an empty tuple of axes as all of them.
+        mean = ops.cast(x, dtype)
+        return mean, ops.zeros_like(mean)
     mean, variance = ops.moments(x, axes)
     return (zero_if_empty(ops.cast(m, dtype), count) for m in (mean, variance))
 

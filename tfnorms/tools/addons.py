@@ -30,6 +30,7 @@ import numpy as np
 from tfnorms import axes
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 from tfnorms.layers.weight_norm import CenteredWeightNorm
+from tfnorms.tools.report import require_model
 
 # tf.nn.l2_normalize's floor on the squared norm, as tensorflow-addons uses it.
 _ADDONS_EPSILON = 1e-12
@@ -425,6 +426,12 @@ def load_addons_weights(
         ])
         tfnorms.load_addons_weights(model, "old_model.h5")
     """
+    require_model(model, "load_addons_weights")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(
+            "tfnorms.load_addons_weights: `path` must be a file or folder path (str or "
+            f"os.PathLike); received {path!r}."
+        )
     if not model.built:
         raise ValueError(
             f"Model '{model.name}' is not built; build it (give it an Input, or call "

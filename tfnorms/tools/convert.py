@@ -13,12 +13,11 @@ from tfnorms._types import NormReplacement
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 from tfnorms.tools.options import norm_factories, unwrappable, weight_norm_factory
 from tfnorms.tools.rebuild import Rebuilder, build_like, rebuilt
-from tfnorms.tools.report import Report
+from tfnorms.tools.report import Report, require_model
 
 
 def _copy_model(model, replacement, report):
-    if not isinstance(model, keras.Model):
-        raise ValueError(f"tfnorms.{report.tool} takes a Keras model; received {model!r}.")
+    require_model(model, report.tool)
     if not model.built:
         raise ValueError(
             f"tfnorms.{report.tool}: model '{model.name}' is not built yet; call it on data "

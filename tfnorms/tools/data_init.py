@@ -12,7 +12,7 @@ from keras import ops
 
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper, call_kind, input_mask
 from tfnorms.layers.weight_norm import CenteredWeightNorm, without_activation
-from tfnorms.tools.report import Report
+from tfnorms.tools.report import Report, require_model
 from tfnorms.tools.walk import Visit, walk
 
 
@@ -151,6 +151,7 @@ def data_init(model: keras.Model, batch: Any) -> Report:
         `report.left` each wrapper left as it was with the reason. It is
         also logged (logger `tfnorms`, INFO).
     """
+    require_model(model, "data_init")
     report = Report("data_init")
     done: list[Visit] = []
     hooks = [_Hook(visit, host, done) for visit, host in _targets(model, report)]

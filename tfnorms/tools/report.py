@@ -71,3 +71,9 @@ class Report:
                 f"tfnorms.{self.tool} left {len(problems)} layer(s) as they were: {listed}",
                 stacklevel=stacklevel,
             )
+
+
+def require_model(model, tool: str) -> None:
+    """Refuse anything but a Keras model, naming the tool and what it got."""
+    if not isinstance(model, keras.Model):
+        raise ValueError(f"tfnorms.{tool} takes a Keras model; received {model!r}.")
