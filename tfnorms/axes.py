@@ -139,8 +139,7 @@ def _einsum_unit_axes(layer) -> dict[str, tuple[int, ...]] | None:
     Raises:
         ValueError: for a 2-D kernel without exactly one of each.
     """
-    operands, output = layer.equation.replace(" ", "").split("->")
-    inputs, kernel = operands.split(",")
+    inputs, kernel, output = einsum_terms(layer)
     if len(kernel) != 2:
         return None
     unit = [i for i, letter in enumerate(kernel) if letter in output]
@@ -150,9 +149,22 @@ def _einsum_unit_axes(layer) -> dict[str, tuple[int, ...]] | None:
             f"EinsumDense layer '{layer.name}' has the equation '{layer.equation}': "
             "tfnorms normalizes a 2-D kernel whose one letter the output keeps (the "
             "output unit) and whose other letter only the input has (summed over, as "
-            f"'b' in 'ab,bc->ac'); its kernel's letters '{kernel}' are not that."
+            f"'b' in 'ab,bc->ac'); its kernel's letters '{''.join(kernel)}' are not that."
         )
     return {"kernel": (unit[0] - 2,)}
+
+
+def einsum_terms(layer) -> tuple[list[str], list[str], list[str]]:
+    """An EinsumDense equation's input, kernel and output terms, each a list
+    of its letters, with "..." as one entry."""
+    operands, output = layer.equation.replace(" ", "").split("->")
+    inputs, kernel = operands.split(",")
+    return tuple(_letters(term) for term in (inputs, kernel, output))
+
+
+def _letters(term: str) -> list[str]:
+    head, dots, tail = term.partition("...")
+    return [*head, *([dots] if dots else []), *tail]
 
 
 def is_recurrent(layer) -> bool:

@@ -187,6 +187,19 @@ def extremes(x, axis, mask):
     return ops.cast(high, dtype), ops.cast(low, dtype)
 
 
+def _tie_shared(x, target, share, axis, mask):
+    """`(grad_x, ties)`: per channel, `share` split equally among the valid
+    entries of `x` equal to `target` (what autodiff gives a maximum or a
+    minimum), and how many those are."""
+    ndim = len(x.shape)
+    hit = x == expand_statistics(ops.cast(target, x.dtype), ndim, axis)
+    if mask is not None:
+        hit = ops.logical_and(hit, mask)
+    ties = ops.sum(ops.cast(hit, share.dtype), axis=reduction_axes(ndim, axis))
+    per_tie = expand_statistics(share / maximum(ties, 1.0), ndim, axis)
+    return ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype)), ties
+
+
 def replica_extremes(x, axis, mask):
     """`extremes` of this replica's share, before the collective that merges
     them; differentiable (each extreme's upstream gradient shared by its
@@ -199,23 +212,16 @@ def replica_extremes(x, axis, mask):
     (docs/design.md, "Lp batch normalization", top-k selection)."""
     if not compiled.in_tf_graph():
         return extremes(x, axis, mask)
-    ndim = len(x.shape)
-    axes = reduction_axes(ndim, axis)
     dtype = statistics_dtype(x.dtype)
 
     def forward(x):
         return ops.stack(extremes(x, axis, mask))
 
     def spread(x, both, upstream):
-        grad_x = ops.zeros((), x.dtype)
-        for target, share in zip(ops.unstack(both), ops.unstack(upstream), strict=True):
-            hit = x == expand_statistics(ops.cast(target, x.dtype), ndim, axis)
-            if mask is not None:
-                hit = ops.logical_and(hit, mask)
-            ties = ops.sum(ops.cast(hit, dtype), axis=axes)
-            per_tie = expand_statistics(share / maximum(ties, 1.0), ndim, axis)
-            grad_x = grad_x + ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
-        return grad_x
+        (high, low), (to_high, to_low) = ops.unstack(both), ops.unstack(upstream)
+        from_high, _ = _tie_shared(x, high, to_high, axis, mask)
+        from_low, _ = _tie_shared(x, low, to_low, axis, mask)
+        return from_high + from_low
 
     forward = compiled.as_xla_cluster(forward)
     spread = compiled.as_xla_cluster(spread)
@@ -247,18 +253,11 @@ def max_abs_deviation(x, mean, axis, mask=None):
     per channel: that was most of L-inf batch norm's extra cost in a training
     step (docs/performance.md).
     """
-    ndim = len(x.shape)
-    axes = reduction_axes(ndim, axis)
     dtype = statistics_dtype(x.dtype)
 
     def spread(x, target, signed):
         """`(grad_x, grad_mean)`: `signed` shared by the entries at `target`."""
-        hit = x == expand_statistics(ops.cast(target, x.dtype), ndim, axis)
-        if mask is not None:
-            hit = ops.logical_and(hit, mask)
-        ties = ops.sum(ops.cast(hit, dtype), axis=axes)
-        per_tie = expand_statistics(signed / maximum(ties, 1.0), ndim, axis)
-        grad_x = ops.where(hit, ops.cast(per_tie, x.dtype), ops.zeros((), x.dtype))
+        grad_x, ties = _tie_shared(x, target, signed, axis, mask)
         return grad_x, -ops.where(ties > 0, signed, ops.zeros_like(signed))
 
     # In a TensorFlow graph, one XLA cluster that takes the upstream gradient:

@@ -28,6 +28,7 @@ import math
 import keras
 from keras import ops
 
+from tfnorms import axes
 from tfnorms._math import compiled
 from tfnorms._types import Tensor
 
@@ -49,29 +50,16 @@ def supports(layer: keras.layers.Layer) -> bool:
     if getattr(layer, "lora_enabled", False) or getattr(layer, "quantization_mode", None):
         return False
     if type(layer) in _EINSUM:
-        inputs, kernel, output = _einsum_terms(layer)
+        inputs, kernel, output = axes.einsum_terms(layer)
         if len(kernel) != 2 or kernel[1] in inputs or kernel[1] not in output:
             return False
     return layer.activity_regularizer is None and getattr(layer, "groups", 1) == 1
 
 
-def _einsum_terms(layer: keras.layers.Layer) -> tuple[list[str], list[str], list[str]]:
-    """An EinsumDense equation's input, kernel and output terms, each a list
-    of its letters, with "..." as one entry."""
-    operands, output = layer.equation.replace(" ", "").split("->")
-    inputs, kernel = operands.split(",")
-    return [_letters(term) for term in (inputs, kernel, output)]
-
-
-def _letters(term: str) -> list[str]:
-    head, dots, tail = term.partition("...")
-    return [*head, *([dots] if dots else []), *tail]
-
-
 def _unit_axis(layer: keras.layers.Layer, rank: int) -> int:
     """The output axis of the units (non-negative) in an output of `rank`."""
     if type(layer) in _EINSUM:
-        _, kernel, output = _einsum_terms(layer)
+        _, kernel, output = axes.einsum_terms(layer)
         position = output.index(kernel[1])
         if "..." in output and output.index("...") < position:
             return rank - (len(output) - position)  # counted from the end
@@ -104,7 +92,7 @@ def _output_rows(layer: keras.layers.Layer, input_shape: tuple) -> list:
     come from the input's axes that its equation keeps (its
     `compute_output_shape` leaves free axes unknown)."""
     if type(layer) in _EINSUM:
-        inputs, _, output = _einsum_terms(layer)
+        inputs, _, output = axes.einsum_terms(layer)
         dots = len(input_shape) - (len(inputs) - ("..." in inputs))
         sizes, axis = [], 0
         for letter in inputs:
