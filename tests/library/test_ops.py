@@ -2,6 +2,7 @@
 normalization") against the NumPy references of lp_reference.py."""
 
 import math
+import re
 
 import keras
 import numpy as np
@@ -45,10 +46,16 @@ def test_lp_constant_published_values():
     assert math.isfinite(reduce.lp_constant(1000.0))
 
 
-@pytest.mark.parametrize("p", [0.5, math.inf, math.nan])
+@pytest.mark.parametrize("p", [0.5, math.inf, math.nan, "x", None])
 def test_lp_constant_refuses_bad_p(p):
-    with pytest.raises(ValueError, match="p >= 1"):
+    with pytest.raises(ValueError, match=rf"p >= 1; received p={re.escape(repr(p))}\."):
         reduce.lp_constant(p)
+
+
+@pytest.mark.parametrize("n", ["x", None, True])
+def test_linf_constant_refuses_what_is_not_a_count(n):
+    with pytest.raises(ValueError, match=rf"element count n .*; received n={re.escape(repr(n))}\."):
+        reduce.linf_constant(n)
 
 
 @pytest.mark.parametrize("n", [2, 3, 10, 1000, 10**6])

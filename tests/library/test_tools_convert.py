@@ -216,12 +216,35 @@ def test_convert_options(rng):
         ({"weight_norm": lambda layer: layer}, "tfnorms wrapper"),
         ({"batch_norm": "l3"}, "batch_norm"),
         ({"batch_norm": 2}, "batch_norm"),
+        ({"batch_norm": lambda layer: None}, "`batch_norm` callable must return a new Keras"),
+        ({"batch_norm": lambda layer: layer}, "it returned the layer it was given"),
+        (
+            {"batch_norm": lambda layer: L.Dense(7)},
+            r"Dense '.*' for layer 'batch_normalization.*', whose output shape "
+            r"\(None, 4, 7\) differs from the layer's \(None, 4, 4\)",
+        ),
         ({"layer_filter": "dense"}, "layer_filter"),
     ],
 )
 def test_convert_refuses_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         tfnorms.convert_model(make_plain_model(), **kwargs)
+
+
+def test_convert_puts_what_a_norm_callable_returns_in_place():
+    """A callable may return any layer that keeps the shape (here Keras's
+    GroupNormalization); it gets the layer it replaces."""
+    model = make_plain_model()
+    seen = []
+
+    def to_group_norm(layer):
+        seen.append(layer)
+        return L.GroupNormalization(groups=2, name="gn")
+
+    converted = tfnorms.convert_model(model, batch_norm=to_group_norm)
+    assert seen == [model.layers[6]]
+    assert isinstance(converted.get_layer("gn"), L.GroupNormalization)
+    assert converted.output.shape == model.output.shape
 
 
 @pytest.mark.tensorflow_only

@@ -83,11 +83,20 @@ def lp_constant(p):
     Computed through `lgamma` so that large p does not overflow. C_1 =
     sqrt(pi/2), C_2 = 1, C_3 = 0.8557.
     """
-    p = float(p)
-    if not p >= 1 or math.isinf(p):
-        raise ValueError(f"lp_constant needs a finite p >= 1; received p={p!r}.")
+    original = p
+    p = _as_float(p)
+    if p is None or not p >= 1 or math.isinf(p):
+        raise ValueError(f"lp_constant needs a finite number p >= 1; received p={original!r}.")
     log_c = (0.5 * math.log(math.pi) - 0.5 * p * math.log(2.0) - math.lgamma((p + 1) / 2)) / p
     return math.exp(log_c)
+
+
+def _as_float(value):
+    """`float(value)`, or None where it is not a number (a string, None)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
 
 
 def linf_constant(n):
@@ -99,6 +108,10 @@ def linf_constant(n):
     deviation, so 0 * inf would be NaN. With the guard the scale is 0 and the
     output finite.
     """
+    if isinstance(n, (str, bytes, bool)) or n is None:
+        raise ValueError(
+            f"linf_constant needs an element count n (a number or a tensor); received n={n!r}."
+        )
     if isinstance(n, (int, float)):
         return _LINF_NUMERATOR / math.sqrt(2.0 * math.log(max(float(n), 2.0)))
     n = maximum(n, 2.0)

@@ -143,7 +143,8 @@ def convert_model(
             `"mean_only"` (`MeanOnlyBatchNormalization`), a dict of
             `LpBatchNormalization` arguments such as
             `{"p": float("inf"), "top_k": 10}`, or a callable taking the
-            BatchNormalization layer. Its configuration (axis, momentum,
+            BatchNormalization layer and returning a new layer of the same
+            output shape (anything else raises a `ValueError`). Its configuration (axis, momentum,
             epsilon, center, scale, initializers, `synchronized`, Batch
             Renormalization's `renorm*`) and the variables of the same names
             (gamma, beta, moving statistics, renorm statistics) are carried
@@ -159,7 +160,8 @@ def convert_model(
             (`LpLayerNormalization(p=2)`, numerically the same as Keras's),
             `"linf"` (`LpLayerNormalization(p="inf")`), a dict of
             `LpLayerNormalization` arguments such as `{"p": float("inf"),
-            "top_k": 10}`, or a callable taking the LayerNormalization layer.
+            "top_k": 10}`, or a callable taking the LayerNormalization layer
+            and returning a new layer of the same output shape.
             Its configuration (axis, epsilon, center, scale, initializers,
             ...) and gamma and beta are carried over. Keras's deprecated
             `rms_scaling=True` divides by the centered variance without

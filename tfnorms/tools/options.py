@@ -102,7 +102,7 @@ def norm_factory(argument, value, replaced, presets):
     if value is None:
         return None
     if callable(value) and not isinstance(value, (str, dict)):
-        return value
+        return _checked_norm_callable(argument, value)
     if isinstance(value, dict):
         cls, _, keys = presets["l2"]
         fixed = dict(value)
@@ -131,6 +131,43 @@ def norm_factory(argument, value, replaced, presets):
         return cls(**kwargs)
 
     return make
+
+
+def _checked_norm_callable(argument, make_norm):
+    """The user's callable, refusing what cannot stand in for a normalization
+    layer: a non-layer, the layer it was given (it would then sit in both
+    models), or a layer whose output shape differs from the replaced one's."""
+
+    def make(layer):
+        new = make_norm(layer)
+        if not isinstance(new, keras.layers.Layer) or new is layer:
+            got = "the layer it was given" if new is layer else repr(new)
+            raise ValueError(
+                f"The `{argument}` callable must return a new Keras layer to put in "
+                f"place of layer '{layer.name}'; it returned {got}. To keep a layer "
+                "as it is, leave it out with `layer_filter`."
+            )
+        built_shape = (layer.get_build_config() or {}).get("input_shape")
+        if built_shape is not None:
+            _require_same_output_shape(argument, layer, new, tuple(built_shape))
+        return new
+
+    return make
+
+
+def _require_same_output_shape(argument, layer, new, input_shape):
+    expected = tuple(layer.compute_output_shape(input_shape))
+    try:
+        shape = tuple(new.compute_output_shape(input_shape))
+    except Exception:  # a layer without a static shape rule is checked by the model's build
+        return
+    if shape != expected:
+        raise ValueError(
+            f"The `{argument}` callable returned {type(new).__name__} '{new.name}' for "
+            f"layer '{layer.name}', whose output shape {shape} differs from the "
+            f"layer's {expected} on its input shape {input_shape}; a normalization "
+            "must keep the shape."
+        )
 
 
 def weight_norm_factory(weight_norm: Any) -> Callable[[keras.layers.Layer], Any] | None:
