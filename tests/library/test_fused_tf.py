@@ -5,6 +5,7 @@ path and the NumPy reference, and taken only where it is meant to be."""
 import keras
 import numpy as np
 import pytest
+from kernel_reference import assert_close_per_unit, cwn_and_gradients, kernel_with_degenerate_units
 from layer_checks import assert_export_roundtrip, assert_mirrored_matches_single
 
 import tfnorms
@@ -21,21 +22,6 @@ def onednn_enabled():
     from tensorflow.python.util import _pywrap_util_port
 
     return _pywrap_util_port.IsMklEnabled()
-
-
-def np_cwn_and_gradients(v, g, upstream):
-    """W, dL/dv and dL/dg for L = sum(W * upstream), float64, from the CWN
-    paper's eq. (3) with epsilon inside the square root."""
-    axes = tuple(range(v.ndim - 1))
-    n = np.prod([v.shape[a] for a in axes])
-    v_hat = v - v.mean(axis=axes, keepdims=True)
-    norm = np.sqrt((v_hat**2).sum(axis=axes, keepdims=True) + EPSILON)
-    w_hat = v_hat / norm
-    gain = 1.0 if g is None else g
-    projection = (w_hat * upstream).sum(axis=axes, keepdims=True)
-    grad_v = gain / norm * (upstream - upstream.sum(axis=axes, keepdims=True) / n)
-    grad_v = grad_v - gain / norm * w_hat * projection
-    return w_hat * gain, grad_v, projection.reshape(v.shape[-1])
 
 
 def effective_kernel_and_gradients(v, g, fused, monkeypatch):
@@ -66,17 +52,6 @@ def effective_kernel_and_gradients(v, g, fused, monkeypatch):
 UPSTREAM = {}
 
 
-def kernel_with_degenerate_units(shape, rng):
-    """A kernel with a zero unit, a constant unit and a unit whose mean is
-    ten times its spread, the rest Gaussian."""
-    v = rng.normal(size=shape) * 0.05
-    v[..., 0] = 0.0
-    v[..., 1] = 3.0
-    v[..., 2] = rng.normal(size=shape[:-1]) + 10.0
-    UPSTREAM[shape] = rng.normal(size=shape)
-    return v.astype("float32")
-
-
 @pytest.mark.skipif(not onednn_enabled(), reason="oneDNN is off: the fused path is not taken")
 @pytest.mark.parametrize(
     "shape, scale",
@@ -84,6 +59,7 @@ def kernel_with_degenerate_units(shape, rng):
 )
 def test_fused_kernel_equals_the_written_out_one_and_numpy(shape, scale, rng, monkeypatch):
     v = kernel_with_degenerate_units(shape, rng)
+    UPSTREAM[shape] = rng.normal(size=shape)
     g = None
     if scale == "per unit":
         g = rng.uniform(0.5, 2.0, size=shape[-1:]).astype("float32")
@@ -92,17 +68,12 @@ def test_fused_kernel_equals_the_written_out_one_and_numpy(shape, scale, rng, mo
     fused, took_fused = effective_kernel_and_gradients(v, g, True, monkeypatch)
     written, took_written = effective_kernel_and_gradients(v, g, False, monkeypatch)
     assert took_fused and not took_written
-    expected = np_cwn_and_gradients(v.astype("float64"), g, UPSTREAM[shape])
+    expected = cwn_and_gradients(v, g, UPSTREAM[shape], EPSILON)
     if g is not None and np.ndim(g) == 0:
         expected = (*expected[:2], expected[2].sum())
     for name, f, w, e in zip(("W", "dL/dv", "dL/dg"), fused, written, expected, strict=False):
-        # Per unit: the zero and constant units' gradients are 1/sqrt(epsilon)
-        # times the others'.
-        f, w, e = (a.reshape(-1, shape[-1]) if a.ndim > 1 else a.reshape(1, -1) for a in (f, w, e))
-        scale_per_unit = np.abs(e).max(axis=0) + 1e-30
         for path in (f, w):
-            error = np.abs(path - e).max(axis=0) / scale_per_unit
-            assert error.max() < 1e-4, (name, np.argmax(error), error.max())
+            assert_close_per_unit(np.reshape(path, np.shape(e)), e, 1e-4, name)
 
 
 @pytest.mark.parametrize(
@@ -148,10 +119,10 @@ def test_centered_weight_norm_trains_through_the_fused_path(rng, monkeypatch):
     y = rng.normal(size=(8, 256)).astype("float32")
     v = layer.layer.kernel.numpy().astype("float64")
     g = layer.scale_variables()["kernel"].numpy().astype("float64")
-    w, _, _ = np_cwn_and_gradients(v, g, np.zeros_like(v))
+    w, _, _ = cwn_and_gradients(v, g, np.zeros_like(v), EPSILON)
     np.testing.assert_allclose(model.predict_on_batch(x), x @ w, rtol=1e-4, atol=1e-5)
     upstream = x.T.astype("float64") @ (2 * (x @ w - y) / y.size)  # dL/dW of the mean squared error
-    _, grad_v, _ = np_cwn_and_gradients(v, g, upstream)
+    _, grad_v, _ = cwn_and_gradients(v, g, upstream, EPSILON)
     model.train_on_batch(x, y)
     np.testing.assert_allclose(layer.layer.kernel.numpy(), v - 0.1 * grad_v, rtol=1e-4, atol=1e-6)
     assert calls  # traced through the fused op

@@ -19,12 +19,32 @@ def _count(shape, axes):
     return count
 
 
-def center_kernel(v, reduce_axes):
-    """`v - mean(v)` over each output unit's axes."""
+def _one_per_unit(shape, reduce_axes):
+    return tuple(1 if axis in reduce_axes else int(size) for axis, size in enumerate(shape))
+
+
+def shifted_mean(v, reduce_axes):
+    """`(base, offset)` with `v - mean(v) = base - offset` per output unit:
+    `base` is v less each unit's first weight and `offset` the mean of that.
+
+    Exact for a unit of equal weights, whose `base` and `offset` are 0:
+    `v - sum(v) / count` is not, where the division becomes a product with
+    a rounded `1 / count` (TensorFlow's graph optimizer and XLA both do
+    that), and the unit's `1 / sqrt(epsilon)` amplifies what it leaves.
+    """
+    reduce_axes = tuple(reduce_axes)
+    first = ops.slice(v, (0,) * len(v.shape), _one_per_unit(v.shape, reduce_axes))
+    base = v - first
     # sum / count rather than ops.mean: Keras 3.15's JAX mean rounds float64
     # through float32, which breaks the exact zero-mean property in tests.
-    total = ops.sum(v, axis=reduce_axes, keepdims=True)
-    return v - total / _count(v.shape, reduce_axes)
+    return base, ops.sum(base, axis=reduce_axes, keepdims=True) / _count(v.shape, reduce_axes)
+
+
+def center_kernel(v, reduce_axes):
+    """`v - mean(v)` over each output unit's axes (exactly 0 for a unit of
+    equal weights: `shifted_mean`)."""
+    base, offset = shifted_mean(v, reduce_axes)
+    return base - offset
 
 
 def unit_norms(v, reduce_axes, keepdims=False):
@@ -99,63 +119,7 @@ def weight_norm_kernel(v, scale, reduce_axes, broadcast_shape, center, epsilon):
         return torch_kernel.weight_norm_kernel(
             v, scale, reduce_axes, broadcast_shape, center, epsilon
         )
-    count = _count(v.shape, reduce_axes)
-
-    def unit_shaped(value):  # a per-unit or scalar scale, broadcastable against v
-        return value if len(value.shape) == 0 else ops.reshape(value, broadcast_shape)
-
-    under_xla = compiled.by_xla()
-
-    @ops.custom_gradient
-    def normalized(v, *scale):
-        mean = ops.sum(v, axis=reduce_axes, keepdims=True) / count if center else None
-        centered = v - mean if center else v
-        squared_norm = ops.sum(ops.square(centered), axis=reduce_axes, keepdims=True)
-        inverse_norm = ops.rsqrt(squared_norm + epsilon)
-        factor = inverse_norm * unit_shaped(scale[0]) if scale else inverse_norm
-        w = centered * factor
-
-        def gradient(*args, upstream=None):
-            if upstream is None:
-                (upstream,) = args
-            # factor * (upstream - w_hat * projection - mean(upstream)), with
-            # w_hat = centered * inverse_norm recomputed, written as
-            # factor * upstream - centered * (per-unit) - (per-unit): the
-            # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
-            if center:
-                upstream_sum = ops.sum(upstream, axis=reduce_axes, keepdims=True)
-                shift = factor * upstream_sum / count
-                if under_xla:
-                    # <upstream, v - mean> as <upstream, v - r> - (mean - r) *
-                    # sum(upstream), with r each unit's first weight: the
-                    # forward pass's v - mean kept for the backward would be
-                    # a kernel-sized buffer under XLA, while v - r, read by
-                    # the reduction alone, fuses into it. Both terms keep the
-                    # spread's magnitude (with v itself they would cancel where
-                    # the mean is large against the spread) and are exactly 0
-                    # for a unit of equal weights, as v - mean is.
-                    reference = ops.slice(v, (0,) * len(v.shape), broadcast_shape)
-                    inner = ops.sum(upstream * (v - reference), axis=reduce_axes, keepdims=True)
-                    projection = inverse_norm * (inner - (mean - reference) * upstream_sum)
-                    along = factor * inverse_norm * projection
-                    grad_v = factor * upstream - v * along - (shift - mean * along)
-                else:
-                    # Unfused, v - r would be one more pass than reusing v - mean.
-                    projection = inverse_norm * ops.sum(
-                        upstream * centered, axis=reduce_axes, keepdims=True
-                    )
-                    along = factor * inverse_norm * projection
-                    grad_v = factor * upstream - centered * along - shift
-            else:
-                projection = inverse_norm * ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
-                grad_v = factor * upstream - v * (factor * inverse_norm * projection)
-            if not scale:
-                return grad_v
-            if len(scale[0].shape) == 0:
-                return grad_v, ops.sum(projection)
-            return grad_v, ops.reshape(projection, scale[0].shape)
-
-        return w, gradient
+    normalized = _written_out(reduce_axes, broadcast_shape, center, epsilon, compiled.by_xla())
 
     # Read values, not variables: TensorFlow's custom_gradient refuses a
     # function that reads a variable it was not given as an input, and under
@@ -175,3 +139,73 @@ def fixed_frobenius_gain(gain, frobenius_norm, epsilon):
     layer's total norm stays fixed.
     """
     return gain * (frobenius_norm * ops.rsqrt(ops.sum(ops.square(gain)) + epsilon))
+
+
+def _unit_shaped(value, broadcast_shape):
+    """A per-unit or scalar scale, broadcastable against v."""
+    return value if len(value.shape) == 0 else ops.reshape(value, broadcast_shape)
+
+
+def _kernel_statistics(v, scale, reduce_axes, broadcast_shape, center, epsilon):
+    """`(base, offset, centered, inverse_norm, factor)` per unit, with
+    `v - mean = base - offset = centered` (`shifted_mean`; `offset` None
+    and `base` v without centering)."""
+    base, offset = shifted_mean(v, reduce_axes) if center else (v, None)
+    centered = base - offset if center else v
+    squared_norm = ops.sum(ops.square(centered), axis=reduce_axes, keepdims=True)
+    inverse_norm = ops.rsqrt(squared_norm + epsilon)
+    factor = inverse_norm * _unit_shaped(scale[0], broadcast_shape) if scale else inverse_norm
+    return base, offset, centered, inverse_norm, factor
+
+
+def _kernel_gradients(v, scale, upstream, statistics, reduce_axes, center, fused):
+    """The closed-form gradients `(grad_v, *grad_scale)` of `weight_norm_kernel`
+    from `_kernel_statistics`; `fused`: under XLA."""
+    base, offset, centered, inverse_norm, factor = statistics
+    # factor * (upstream - w_hat * projection - mean(upstream)), with
+    # w_hat = centered * inverse_norm recomputed, written as
+    # factor * upstream - centered * (per-unit) - (per-unit): the
+    # fewest kernel-sized ops (TensorFlow's graph runs each unfused).
+    if center:
+        upstream_sum = ops.sum(upstream, axis=reduce_axes, keepdims=True)
+        shift = factor * upstream_sum / _count(v.shape, reduce_axes)
+        if fused:
+            # With base - offset in place of centered: XLA fuses base into
+            # every reduction that reads it, where a kept `centered` would be
+            # a kernel-sized buffer.
+            inner = ops.sum(upstream * base, axis=reduce_axes, keepdims=True)
+            projection = inverse_norm * (inner - offset * upstream_sum)
+            along = factor * inverse_norm * projection
+            grad_v = factor * upstream - base * along - (shift - offset * along)
+        else:
+            projection = inverse_norm * ops.sum(
+                upstream * centered, axis=reduce_axes, keepdims=True
+            )
+            along = factor * inverse_norm * projection
+            grad_v = factor * upstream - centered * along - shift
+    else:
+        projection = inverse_norm * ops.sum(upstream * v, axis=reduce_axes, keepdims=True)
+        grad_v = factor * upstream - v * (factor * inverse_norm * projection)
+    if not scale:
+        return (grad_v,)
+    if len(scale[0].shape) == 0:
+        return grad_v, ops.sum(projection)
+    return grad_v, ops.reshape(projection, scale[0].shape)
+
+
+def _written_out(reduce_axes, broadcast_shape, center, epsilon, fused):
+    """`weight_norm_kernel` of `(v, *scale)` with its closed-form gradient."""
+
+    @ops.custom_gradient
+    def normalized(v, *scale):
+        statistics = _kernel_statistics(v, scale, reduce_axes, broadcast_shape, center, epsilon)
+        centered, factor = statistics[2], statistics[4]
+
+        def gradient(*args, upstream=None):
+            upstream = args[0] if upstream is None else upstream
+            grads = _kernel_gradients(v, scale, upstream, statistics, reduce_axes, center, fused)
+            return grads if scale else grads[0]
+
+        return centered * factor, gradient
+
+    return normalized
