@@ -167,6 +167,14 @@ def _letters(term: str) -> list[str]:
     return [*head, *([dots] if dots else []), *tail]
 
 
+def required_kernel_rank(layer) -> int | None:
+    """The rank a kernel of `layer` (instance or class) must have for its
+    table row to name output units: 2 for an EinsumDense, whose kernel has
+    whatever rank its equation gives; None for the other kinds, whose kernel
+    rank follows from the layer kind."""
+    return 2 if issubclass(_as_class(layer), keras.layers.EinsumDense) else None
+
+
 def is_recurrent(layer) -> bool:
     """Whether `layer` (instance or class) is a SimpleRNN/LSTM/GRU layer or cell."""
     return issubclass(_as_class(layer), _RECURRENT)
@@ -233,10 +241,11 @@ def find_kernels(layer) -> list[tuple[keras.Variable, KernelAxes]]:
                 f"'{name}' after build; found {sorted(by_name)}."
             )
         rank = len(variable.shape)
-        if isinstance(layer, keras.layers.EinsumDense) and rank != 2:
+        required = required_kernel_rank(layer)
+        if required is not None and rank != required:
             raise ValueError(
                 f"EinsumDense layer '{layer.name}' has a {rank}-D kernel of shape "
-                f"{tuple(variable.shape)}; only 2-D kernels have a defined output unit."
+                f"{tuple(variable.shape)}; only {required}-D kernels have a defined output unit."
             )
         found.append((variable, kernel_axes(name, rank, unit_axes)))
     return found

@@ -306,6 +306,50 @@ def test_bad_arguments_of_mean_only_are_refused():
         tfnorms.MeanOnlyBatchNormalization(moving_mean_initializer="no_such")
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"scale": True},
+        {"scale": False},
+        {"gamma_initializer": "zeros"},
+        {"gamma_regularizer": "l2"},
+        {"gamma_constraint": "non_neg"},
+    ],
+    ids=lambda kwargs: next(iter(kwargs)),
+)
+def test_mean_only_refuses_scale_arguments(kwargs):
+    """The shared base takes them for the other batch norms: mean-only batch
+    norm dropped them without a word."""
+    ((name, value),) = kwargs.items()
+    with pytest.raises(ValueError, match=rf"has no scale.*received {name}={value!r}"):
+        tfnorms.MeanOnlyBatchNormalization(**kwargs)
+
+
+def test_mean_only_arguments_survive_config_and_saving(tmp_path, rng):
+    """Its own config emits no refused argument, so it loads back, from the
+    config and from a `.keras` file."""
+    x = rng.normal(2.0, 3.0, size=(16, 4, 3)).astype("float32")
+    layer = tfnorms.MeanOnlyBatchNormalization(
+        axis=1,
+        momentum=0.5,
+        center=True,
+        beta_initializer="ones",
+        beta_regularizer="l2",
+        beta_constraint="non_neg",
+        moving_mean_initializer="ones",
+        name="mean_only",
+    )
+    config = layer.get_config()
+    assert not {"scale", "gamma_initializer", "gamma_regularizer", "gamma_constraint"} & set(config)
+    assert_config_roundtrip(layer, x)
+    model = keras.Sequential([keras.Input((4, 3)), layer])
+    model(x, training=True)  # moves the moving mean away from its initial value
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.layers[0].get_config() == model.layers[0].get_config()
+    np.testing.assert_allclose(to_numpy(loaded(x)), to_numpy(model(x)), atol=1e-6)
+
+
 def test_accepted_spellings_of_numbers():
     assert tfnorms.LpBatchNormalization(momentum=0).momentum == 0.0
     layer = tfnorms.LpBatchNormalization(renorm=True, renorm_clipping={"rmax": 3, "dmax": None})

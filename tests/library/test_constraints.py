@@ -3,6 +3,7 @@ every kernel kind's axes, Keras UnitNorm's axis meaning, the projection after
 `fit`, bad arguments and serialization."""
 
 import json
+import re
 
 import keras
 import numpy as np
@@ -86,7 +87,9 @@ def test_for_layer_matches_numpy_on_every_kind(name, rng):
             )
             constraint = arguments[argument]
             assert isinstance(constraint, cls)
-            for shape in ((3, 4, 5), (2, 3, 4, 5)):
+            # An EinsumDense kernel has units only when it is 2-D (refused otherwise below).
+            shapes = ((4, 5),) if layer_class is L.EinsumDense else ((3, 4, 5), (2, 3, 4, 5))
+            for shape in shapes:
                 v = rng.normal(size=shape).astype("float32")
                 np.testing.assert_allclose(
                     to_numpy(constraint(v)),
@@ -143,6 +146,97 @@ def test_zero_kernel_stays_finite():
     np.testing.assert_allclose(w, 0, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("name", sorted(CONSTRAINTS))
+def test_half_precision_kernel_stays_finite(name, dtype, rng):
+    """float16 rounds the default epsilon 1e-12 to 0 (a zero or constant unit
+    gave NaN) and overflows the squared norm of weights past 256: the
+    projection runs in float32 and is rounded back."""
+    cls, center, value = CONSTRAINTS[name]
+    v = rng.normal(size=(6, 5))
+    v[:, 0] = 0.0  # a zero unit
+    v[:, 1] = 0.75  # a constant unit
+    v[:, 4] *= 300.0  # its squared norm is past float16's largest finite value
+    kernel = keras.ops.cast(v, dtype)
+    w = cls(value=value)(kernel)
+    assert keras.backend.standardize_dtype(w.dtype) == dtype
+    w = to_numpy(keras.ops.cast(w, "float32"))
+    assert np.isfinite(w).all()
+    np.testing.assert_array_equal(w[:, 0], 0)  # a zero unit stays zero
+    if center:
+        np.testing.assert_array_equal(w[:, 1], 0)  # nothing left once centered
+    # The reference on the kernel's rounded values; bfloat16 keeps 8 bits.
+    rounded = to_numpy(keras.ops.cast(kernel, "float32")).astype("float64")
+    tolerance = 2e-3 if dtype == "float16" else 1.6e-2
+    np.testing.assert_allclose(
+        w, np_project(rounded, (-1,), value, center), rtol=tolerance, atol=tolerance
+    )
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRAINTS))
+def test_no_axis_left_to_reduce_is_refused(name):
+    """The default on a 1-D kernel reduced nothing: FixedNorm set every
+    weight to +-value and CenteredUnitNorm to 0."""
+    cls, _, value = CONSTRAINTS[name]
+    vector = np.array([0.3, -2.0, 5.0], "float32")
+    with pytest.raises(ValueError, match=r"default axes.*no axis to reduce.*shape \(3,\).*axis=0"):
+        cls(value=value)(vector)
+    with pytest.raises(ValueError, match=r"unit_axes=\[0, 1\].*2-D kernel of shape \(3, 2\)"):
+        cls(value=value, unit_axes=[0, 1])(np.ones((3, 2), "float32"))
+    with pytest.raises(ValueError, match="no axis to reduce on a 0-D kernel"):
+        cls(value=value)(np.float32(2.0))
+    # Reducing the one axis makes the vector a single unit.
+    np.testing.assert_allclose(
+        to_numpy(cls(value=value, axis=0)(vector)),
+        np_project(vector.astype("float64"), (), value, cls is tfnorms.CenteredUnitNorm),
+        rtol=1e-5,
+    )
+
+
+# EinsumDense equations whose kernel is not 2-D, and their kernels' shapes
+# for an input of shape (2, 3, 4) (or (2, 4) for a 2-D input term).
+EINSUM_NOT_2D = [
+    ("ab,b->a", (), (2, 4), (4,)),
+    ("ab,bcd->acd", (5, 6), (2, 4), (4, 5, 6)),
+    ("abc,cde->abde", (3, 5, 6), (2, 3, 4), (4, 5, 6)),
+]
+
+
+@pytest.mark.parametrize("name", sorted(CONSTRAINTS))
+@pytest.mark.parametrize(
+    "equation, output_shape, input_shape, kernel_shape",
+    EINSUM_NOT_2D,
+    ids=[e for e, *_ in EINSUM_NOT_2D],
+)
+def test_einsum_kernel_that_is_not_2d_is_refused(
+    name, equation, output_shape, input_shape, kernel_shape, rng
+):
+    """As the wrappers refuse it: a 1-D kernel was set to +-value (or 0),
+    a 3-D one normalized over axes that are not one output unit."""
+    cls, _, value = CONSTRAINTS[name]
+    layer = L.EinsumDense(equation, output_shape=output_shape, name="proj")
+    with pytest.raises(ValueError, match=rf"for_layer: EinsumDense layer 'proj'.*'{equation}'"):
+        cls.for_layer(layer, value=value)
+    with pytest.raises(ValueError, match="only 2-D"):  # the wrappers' refusal, for comparison
+        wrapper = tfnorms.CenteredWeightNorm(layer)
+        wrapper.build(input_shape)
+    # From the class alone, the kernel is refused when the constraint first sees it.
+    layer = L.EinsumDense(
+        equation, output_shape=output_shape, **cls.for_layer(L.EinsumDense, value=value)
+    )
+    layer.build(input_shape)
+    assert tuple(layer.kernel.shape) == kernel_shape
+    shape = re.escape(str(kernel_shape))
+    with pytest.raises(ValueError, match=rf"kernel_rank=2.*{len(kernel_shape)}-D kernel.*{shape}"):
+        layer.kernel.constraint(layer.kernel)
+    # Keras applies it after the first optimizer step.
+    model = compile_for_regression(keras.Sequential([keras.Input(input_shape[1:]), layer]))
+    x = rng.normal(size=input_shape).astype("float32")
+    y = rng.normal(size=(input_shape[0], *output_shape)).astype("float32")
+    with pytest.raises(ValueError, match="kernel_rank=2"):
+        model.fit(x, y, verbose=0)
+
+
 @pytest.mark.parametrize(
     "build, error, message",
     [
@@ -160,6 +254,13 @@ def test_zero_kernel_stays_finite():
         (lambda: tfnorms.FixedNorm(), TypeError, "value"),
         (lambda: tfnorms.CenteredUnitNorm.for_layer(L.Flatten), ValueError, "Flatten"),
         (lambda: tfnorms.FixedNorm.for_layer(L.Dense, value=1.0, axis=0), ValueError, "table"),
+        (
+            lambda: tfnorms.FixedNorm.for_layer(L.Dense, value=1.0, kernel_rank=3),
+            ValueError,
+            "kernel_rank",
+        ),
+        (lambda: tfnorms.FixedNorm(1.0, kernel_rank=0), ValueError, "kernel_rank.*0"),
+        (lambda: tfnorms.CenteredUnitNorm(kernel_rank=2.0), ValueError, "kernel_rank.*float"),
         (lambda: tfnorms.CenteredUnitNorm(axis=3)(np.ones((2, 2))), ValueError, "out of range"),
         (
             lambda: tfnorms.FixedNorm(1.0, unit_axes=-3)(np.ones((2, 2))),
@@ -285,6 +386,7 @@ def test_constrained_model_saves_and_loads_with_its_constraints(fitted_all_kinds
         tfnorms.FixedNorm(0.5),
         tfnorms.FixedNorm(3.0, axis=0),
         tfnorms.FixedNorm(1.0, unit_axes=-2),
+        tfnorms.FixedNorm(1.0, kernel_rank=3),
     ],
     ids=lambda c: json.dumps(c.get_config()),
 )

@@ -378,6 +378,55 @@ def test_zero_kernel_gives_finite_outputs_and_gradients(rng):
         assert all(np.all(np.isfinite(g)) for g in grads), type(wrapper).__name__
 
 
+@pytest.mark.parametrize("how", ["called directly", "in a float32 model"])
+@pytest.mark.parametrize("wrapper_name", ["cwn", "wn", "bwn", "bwn_gain"])
+def test_mixed_float16_layer_computes_the_kernel_in_float32(wrapper_name, how, rng):
+    """A wrapper whose inner layer has a `mixed_float16` policy, called by
+    itself or inside a float32 model (Keras's `__call__` then enters a
+    float16 autocast scope, which `autocast=False` does not undo), computes
+    W from its float32 variables: a unit of zeros and units of 1e-4 weights
+    (a squared norm below float16's smallest number) give the float64
+    reference's outputs to float16's precision, not NaN."""
+    v = rng.normal(size=(40, 6)) * 1e-4
+    v[:, 0] = 0.0
+    dense = keras.layers.Dense(6, dtype="mixed_float16")
+    wrapper = WRAPPERS[wrapper_name](dense)
+    x = rng.normal(size=(8, 40)).astype("float32")
+    call = keras.Sequential([keras.Input((40,)), wrapper]) if how != "called directly" else wrapper
+    call(x)
+    dense.kernel.assign(v)
+    wrapper.initialize_from_kernels()
+    w = reference_kernel(wrapper, v)
+    outputs = to_numpy(call(x)).astype("float64")
+    expected = x @ w + to_numpy(dense.bias)
+    assert np.isfinite(outputs).all()
+    np.testing.assert_allclose(outputs, expected, atol=5e-3 * np.abs(expected).max())
+
+
+@pytest.mark.parametrize("wrapper_name", ["cwn", "wn", "bwn"])
+def test_quantizing_the_wrapped_model_is_refused_and_strip_first_works(wrapper_name, rng):
+    """`model.quantize("int8")` quantizes the inner Dense (Keras reaches
+    leaf layers only) and replaces its kernel: calling the wrapper then
+    raises an error naming `tfnorms.strip`, where it used to compute with
+    the raw, unnormalized kernel. Stripping first and quantizing the plain
+    model keeps the normalized function to int8's precision."""
+
+    def build():
+        keras.utils.set_random_seed(3)
+        layers = [WRAPPERS[wrapper_name](keras.layers.Dense(n)) for n in (16, 4)]
+        return keras.Sequential([keras.Input((12,)), *layers])
+
+    x = rng.normal(size=(8, 12)).astype("float32")
+    model = build()
+    expected = to_numpy(model(x))
+    plain = tfnorms.strip(model)
+    plain.quantize("int8")
+    np.testing.assert_allclose(to_numpy(plain(x)), expected, atol=0.05 * np.abs(expected).max())
+    model.quantize("int8")
+    with pytest.raises(RuntimeError, match=r"quantized \('int8'\).*tfnorms\.strip"):
+        model(x)
+
+
 # ------------------------------------------------------------- bad input
 @pytest.mark.parametrize(
     "build, error, message",

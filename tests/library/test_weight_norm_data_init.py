@@ -124,6 +124,35 @@ def test_a_first_call_inside_fit_names_tfnorms_data_init(rng):
         model.fit(x, x[:, :3], epochs=1, verbose=0)
 
 
+def test_weights_set_from_an_initialized_model_need_no_eager_call(rng):
+    """`set_weights` from an initialized model carries its `initialized`
+    record: `predict` and `fit` run straight away and keep the weights
+    set (JAX traces them with the variables emptied, where the record is
+    read from a mirror that `set_weights` once left stale)."""
+    source = make_model()
+    x = batch(rng)
+    source(x)
+    target = make_model()
+    target.set_weights(source.get_weights())
+    np.testing.assert_allclose(target.predict(x, verbose=0), to_numpy(source(x)), atol=1e-5)
+    target.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse")
+    target.fit(x, x[:, :3], epochs=1, batch_size=32, verbose=0)
+    for a, b in zip(state(source), state(target), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+@pytest.mark.tensorflow_only
+def test_a_first_call_inside_tf_function_on_an_unbuilt_layer_names_data_init(rng):
+    """Built inside the function, its `initialized` variable has no value
+    yet while the function is traced: the error is still the one naming
+    `tfnorms.data_init`, not an unreadable variable's."""
+    import tensorflow as tf
+
+    wrapper = WN(L.Dense(4), True)
+    with pytest.raises(RuntimeError, match=r"traced function.*tfnorms\.data_init\(model"):
+        tf.function(wrapper)(batch(rng, 8))
+
+
 @pytest.mark.parametrize("jit_compile", [False, True])
 def test_fit_trains_after_the_eager_initialization(jit_compile, rng):
     model = make_model()

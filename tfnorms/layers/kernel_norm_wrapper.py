@@ -17,6 +17,7 @@ from typing import Any
 import keras
 import numpy as np
 from keras import ops
+from keras.src.backend.common.variables import AutocastScope
 
 from tfnorms import _validation, axes
 from tfnorms._math.kernel import center_kernel, unit_factors, unit_norms, weight_norm_kernel
@@ -202,10 +203,34 @@ class KernelNormWrapper(keras.layers.Wrapper):
     # ------------------------------------------------------------------- call
     def effective_kernels(self) -> dict[str, Tensor]:
         """`{kernel name: W}`: the kernels the inner layer computes with."""
-        return {
-            kernel_axes.name: self._effective_kernel(variable, kernel_axes)
-            for variable, kernel_axes in self._kernels
-        }
+        return {kernel_axes.name: w for (_, kernel_axes), w in self._computed_kernels()}
+
+    def _computed_kernels(self):
+        """`((V, its axes), W)` of every normalized kernel, computed in the
+        variables' own dtype: under a mixed policy, Keras's `__call__`
+        enters an autocast scope even with `autocast=False`, and V, g or
+        rho read as float16 there make a small unit's squared norm 0 (and
+        `epsilon` too), so W would be NaN. The inner layer casts W."""
+        self._require_unquantized()
+        with AutocastScope(None):
+            return [
+                ((variable, kernel_axes), self._effective_kernel(variable, kernel_axes))
+                for variable, kernel_axes in self._kernels
+            ]
+
+    def _require_unquantized(self):
+        """`model.quantize()` quantizes the inner layer (it reaches the
+        leaves only) and replaces its kernel with new variables, which the
+        wrapper would no longer normalize: refused, not run unnormalized."""
+        mode = getattr(self.layer, "quantization_mode", None)
+        if mode is not None:
+            raise RuntimeError(
+                f"{type(self).__name__} '{self.name}' wraps layer '{self.layer.name}', "
+                f"which was quantized ({mode!r}) after it was wrapped: its new kernel is "
+                "no longer normalized. Quantize the model without its wrappers instead: "
+                "`plain = tfnorms.strip(model)`, then `plain.quantize(...)`, on the model "
+                "as it was before quantizing (reload or rebuild it)."
+            )
 
     def _inner_state_variables(self):
         """Every variable the inner layer reads or updates in `call`: its
@@ -230,17 +255,15 @@ class KernelNormWrapper(keras.layers.Wrapper):
         if not args and kernel_free.supports(self.layer):
             if kernel_free.pays(self.layer, inputs):
                 ((variable, kernel_axes),) = self._kernels
-                arguments = self._kernel_arguments(variable, kernel_axes)
-                mean, factor = unit_factors(variable.value, **arguments)
+                with AutocastScope(None):  # as in `_computed_kernels`
+                    v = variable.value
+                    mean, factor = unit_factors(v, **self._kernel_arguments(variable, kernel_axes))
                 inputs = ops.cast(inputs, self.layer.compute_dtype)
-                return kernel_free.call(self.layer, inputs, variable.value, mean, factor)
+                return kernel_free.call(self.layer, inputs, v, mean, factor)
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         # Matched by identity, not keyed by `id()`: torch.compile fails on a
         # dict of ids built in the traced call.
-        effective = [
-            (variable, self._effective_kernel(variable, kernel_axes))
-            for variable, kernel_axes in self._kernels
-        ]
+        effective = [(variable, w) for (variable, _), w in self._computed_kernels()]
         inner_variables = self._inner_state_variables()
         substitutes = [_substitute(v, effective) for v in inner_variables]
         mapping = [
@@ -331,11 +354,12 @@ class KernelNormWrapper(keras.layers.Wrapper):
         effective kernel `W`: what `set_weights` of a plain copy of the inner
         layer takes to compute what the wrapper computes."""
         self._require_built("plain_weights()")
-        kernels = {id(v): self._effective_kernel(v, a) for v, a in self._kernels}
-        return [
-            ops.convert_to_numpy(kernels[id(v)] if id(v) in kernels else v.value)
-            for v in self.layer.weights
-        ]
+        kernels = {id(v): w for (v, _), w in self._computed_kernels()}
+        with AutocastScope(None):
+            return [
+                ops.convert_to_numpy(kernels[id(v)] if id(v) in kernels else v.value)
+                for v in self.layer.weights
+            ]
 
     def remove(self) -> keras.layers.Layer:
         """A plain copy of the inner layer with the effective kernels baked in.

@@ -22,6 +22,10 @@ from tfnorms._math.stats import mean_statistics
 from tfnorms._types import ConstraintLike, InitializerLike, RegularizerLike, Shape, Tensor
 from tfnorms.layers.batch_statistics import BatchStatisticsLayer
 
+# Keras BatchNormalization arguments for the `gamma` this layer does not have:
+# the shared base takes them, so without a check they would be dropped silently.
+_NO_SCALE = ("scale", "gamma_initializer", "gamma_regularizer", "gamma_constraint")
+
 
 @keras.saving.register_keras_serializable(package="tfnorms")
 class MeanOnlyBatchNormalization(BatchStatisticsLayer):
@@ -46,7 +50,8 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
             training call). On JAX, see `LpBatchNormalization`.
         low_precision: compute the mean in the input's own dtype
             (float16/bfloat16) instead of float32.
-        **kwargs: base layer arguments.
+        **kwargs: base layer arguments. `scale` and the `gamma_*` arguments
+            of Keras's `BatchNormalization` are refused: there is no scale.
 
     Call arguments:
         inputs, training: as `LpBatchNormalization`.
@@ -71,6 +76,13 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
         low_precision: bool = False,
         **kwargs: Any,
     ) -> None:
+        given = ", ".join(f"{k}={kwargs[k]!r}" for k in _NO_SCALE if k in kwargs)
+        if given:
+            raise ValueError(
+                "MeanOnlyBatchNormalization has no scale (no `gamma`): it subtracts the "
+                f"mean and adds `beta` only; received {given}. Drop these arguments, or "
+                "use LpBatchNormalization for a learned scale."
+            )
         super().__init__(
             axis=axis,
             momentum=momentum,

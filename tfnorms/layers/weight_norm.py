@@ -222,7 +222,9 @@ class WeightNormalization(CenteredWeightNorm):
     `tf.distribute` strategy or inside `TimeDistributed` (which calls it
     once per time step) raises an error naming
     `tfnorms.data_init(model, batch)`, the model-wide step that works
-    everywhere. Where tensorflow-addons differed: docs/migrating.md.
+    everywhere. (Keras's PyTorch `fit` calls the model eagerly unless
+    `jit_compile=True`: there its first batch initializes.) Where
+    tensorflow-addons differed: docs/migrating.md.
 
     The default is `data_init=False` (tensorflow-addons defaulted to True):
     the wrapped layer first computes what the bare layer computed, on every
@@ -275,16 +277,12 @@ class WeightNormalization(CenteredWeightNorm):
     def build(self, input_shape: Any = None) -> None:
         super().build(input_shape)
         if self.data_init:
-            self._set_untracked(
-                "_initialized",
-                self.add_weight(
-                    name="initialized",
-                    shape=(),
-                    dtype="int32",
-                    initializer="zeros",
-                    trainable=False,
-                ),
+            initialized = self.add_weight(
+                name="initialized", shape=(), dtype="int32", initializer="zeros", trainable=False
             )
+            self._set_untracked("_initialized", initialized)
+            if keras.backend.backend() == "jax":
+                _on_every_assignment(initialized, self._record_initialized)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         # Marks calls that come through Keras's `__call__`; TimeDistributed
@@ -338,9 +336,17 @@ class WeightNormalization(CenteredWeightNorm):
             import tensorflow as tf
 
             with tf.init_scope():
-                return bool(tf.convert_to_tensor(self._initialized.value).numpy())
+                value = tf.convert_to_tensor(self._initialized.value).numpy()
+            # Empty when the variable was created in this very trace (a first
+            # call inside tf.function builds the layer there): its initial
+            # value, 0, is assigned after the trace.
+            return value.size == 1 and bool(value)
         value = self._initialized.value
         return call_kind(value) == "eager" and bool(ops.convert_to_numpy(value))
+
+    def _record_initialized(self, value: Tensor) -> None:
+        if call_kind(value) == "eager":
+            self._set_untracked("_data_init_done", bool(ops.convert_to_numpy(value)))
 
     def mark_data_initialized(self) -> None:
         """Record that `g` and the bias hold initialized values, so that
@@ -351,18 +357,29 @@ class WeightNormalization(CenteredWeightNorm):
             self._initialized.assign(1)
             self._set_untracked("_data_init_done", True)
 
-    def load_own_variables(self, store: Any) -> None:
-        super().load_own_variables(store)
-        if self._initialized is not None:
-            self._set_untracked(
-                "_data_init_done", bool(ops.convert_to_numpy(self._initialized.value))
-            )
-
     def get_config(self) -> dict[str, Any]:
         config = super().get_config()
         config.pop("center")
         config["data_init"] = self.data_init
         return config
+
+
+def _on_every_assignment(variable: keras.Variable, record: Any) -> None:
+    """Call `record(value)` whenever a value is stored in `variable`.
+
+    JAX's `fit` and `predict` trace the model with the variables' values as
+    arguments and empty the variables meanwhile, so the `initialized` flag
+    can only be read from a Python mirror there; `set_weights`,
+    `load_weights` and `assign` all store through Keras's `_direct_assign`
+    (on JAX), which this extends to keep the mirror current.
+    """
+    store = variable._direct_assign
+
+    def store_and_record(value):
+        store(value)
+        record(value)
+
+    variable._direct_assign = store_and_record
 
 
 def _in_replica_context() -> bool:
