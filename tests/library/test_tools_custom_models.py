@@ -6,6 +6,7 @@ layer the model tracks is converted or stripped, outputs are kept, the
 original is untouched, the class is kept where Keras allows it, and what
 cannot be rebuilt is named."""
 
+import functools
 import os
 
 import keras
@@ -15,6 +16,7 @@ from layer_checks import to_numpy
 from tools_models import (
     MelGANGenerator,
     make_gated_model,
+    make_keras_tcn_model,
     make_melgan,
     make_mixed_model,
     make_tcn_model,
@@ -22,6 +24,7 @@ from tools_models import (
 
 import tfnorms
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
+from tfnorms.tools.walk import children
 
 L = keras.layers
 
@@ -47,6 +50,8 @@ MODELS = {
     "melgan": (make_melgan, (8, 5), 16),
     "mixed": (make_mixed_model, (10, 4), 11),
     "gated": (make_gated_model, (6,), 5),  # layers made in __init__, built in build
+    "keras_tcn": (make_keras_tcn_model, (16, 3), 8),
+    "keras_tcn_registered": (functools.partial(make_keras_tcn_model, registered=True), (16, 3), 8),
 }
 
 
@@ -77,7 +82,7 @@ def test_convert_then_strip_reach_every_layer_and_keep_outputs(name, rng):
     assert len(stripped.weights) == len(model.weights)
 
 
-@pytest.mark.parametrize("name", ["tcn", "melgan", "gated"])
+@pytest.mark.parametrize("name", ["tcn", "melgan", "gated", "keras_tcn", "keras_tcn_registered"])
 def test_strip_a_model_built_with_wrappers(name, rng):
     make, shape, kernels = MODELS[name]
     model = make(wn=True)
@@ -118,6 +123,107 @@ def test_convert_options_reach_inside_custom_layers(rng):
         "mixed/block/convs[0]": "layer_filter returned False",
         "mixed/head": "layer_filter returned False",
     }
+
+
+@pytest.mark.parametrize("registered", [False, True], ids=["plain", "registered"])
+def test_a_keras_tcn_strips_back_to_plain_keras_layers(registered, rng):
+    """keras-tcn's TCN: its config holds a tracked list, copied without the
+    sub-layers the list refers to (a deep copy would pickle them), and its
+    Lambdas, which nothing replaces, are the rebuilt layers' own: Keras
+    refuses to rebuild a Lambda of a Python lambda from its config."""
+    model = make_keras_tcn_model(registered=registered)
+    x = rng.normal(size=(4, 16, 3)).astype("float32")
+    converted = tfnorms.convert_model(model, weight_norm="wn")
+    randomize(converted, rng)
+    want = to_numpy(converted(x))
+    stripped = tfnorms.strip(converted)
+    np.testing.assert_allclose(to_numpy(stripped(x)), want, atol=1e-5)
+    assert [type(layer) for layer in tracked(stripped)] == [type(layer) for layer in tracked(model)]
+    assert count(stripped, L.Lambda) == 3  # two identity shortcuts and the slicer
+    # The slicer reads the TCN that holds it, not the one it was copied from.
+    converted.get_layer("tcn").output_slice_index = 0
+    np.testing.assert_allclose(to_numpy(stripped(x)), want, atol=1e-5)
+
+
+def test_a_sub_layer_nothing_replaces_keeps_its_weights_and_trainable_flag(rng):
+    """A block left out by layer_filter is the rebuilt TCN's own block, with
+    the original's weights and its trainable flag, not the original block."""
+    model = make_keras_tcn_model()
+    randomize(model, rng)
+    kept = model.get_layer("tcn").residual_blocks[2]
+    kept.trainable = False
+    skip = {id(layer) for layer in kept.layers}
+    x = rng.normal(size=(4, 16, 3)).astype("float32")
+    converted = tfnorms.convert_model(
+        model, weight_norm="wn", layer_filter=lambda layer: id(layer) not in skip
+    )
+    np.testing.assert_allclose(to_numpy(converted(x)), to_numpy(model(x)), atol=1e-5)
+    assert count(converted, tfnorms.WeightNormalization) == 6
+    copy = converted.get_layer("tcn").residual_blocks[2]
+    assert copy is not kept and type(copy.layers[0]) is L.Conv1D
+    assert not copy.trainable and not copy.layers[0].trainable
+    for got, original in zip(copy.weights, kept.weights, strict=True):
+        np.testing.assert_array_equal(to_numpy(got), to_numpy(original))
+
+
+NORMS = {  # norm: (the option, the Keras layer, what replaces it)
+    "batch": ("batch_norm", L.BatchNormalization, tfnorms.L1BatchNormalization),
+    "layer": ("layer_norm", L.LayerNormalization, tfnorms.L1LayerNormalization),
+}
+
+
+@pytest.mark.parametrize("weight_norm", [None, "wn"])
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_a_keras_tcn_with_unnamed_norms_converts_them_and_strips(norm, weight_norm, rng):
+    """keras-tcn's `use_batch_norm` / `use_layer_norm`: each unnamed norm is
+    also an attribute named after it, and a block rebuilt from its config
+    names its own norms anew (`batch_normalization_7`, not
+    `batch_normalization_1`). The places pair up, every norm is replaced,
+    and strip keeps the converted model's outputs and norms."""
+    option, keras_class, replaced_by = NORMS[norm]
+    model = make_keras_tcn_model(norm=norm)
+    randomize(model, rng)
+    x = rng.normal(size=(4, 16, 3)).astype("float32")
+    converted, report = tfnorms.convert_model(
+        model, weight_norm=weight_norm, return_report=True, **{option: "l1"}
+    )
+    assert count(model, keras_class) == 6
+    assert count(converted, keras_class) == 0 and count(converted, replaced_by) == 6
+    assert len(report.done) == 6 + (8 if weight_norm else 0)
+    blocks = converted.get_layer("tcn").residual_blocks
+    places = [child.layer for block in blocks for child in children(block)]
+    assert sum(type(layer) is replaced_by for layer in places) == 12  # in the list and by name
+    assert not any(type(layer) is keras_class for layer in places)
+    randomize(converted, rng)
+    want = to_numpy(converted(x))
+    stripped = tfnorms.strip(converted)
+    assert count(stripped, KernelNormWrapper) == 0
+    assert count(stripped, keras_class) == 0 and count(stripped, replaced_by) == 6
+    assert len(stripped.weights) == len(model.weights)
+    np.testing.assert_allclose(to_numpy(stripped(x)), want, atol=1e-5)
+
+
+class Extended(L.Layer):
+    """A custom layer given one more sub-layer after it was made: its
+    config does not describe it."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.dense = L.Dense(3)
+
+    def call(self, x):
+        return self.extra(self.dense(x)) if hasattr(self, "extra") else self.dense(x)
+
+
+def test_a_custom_layer_whose_config_gives_other_sub_layers_is_named():
+    """Places that differ in more than the fresh layers' automatic names are
+    refused, with the differing places."""
+    inputs = keras.Input((3,))
+    extended = Extended(name="extended")
+    extended.extra = L.BatchNormalization()
+    model = keras.Model(inputs, extended(inputs), name="m")
+    with pytest.raises(ValueError, match=r"m/extended \(Extended\).*other places.*\('extra',\)"):
+        tfnorms.convert_model(model, weight_norm="wn")
 
 
 class Holder(L.Layer):

@@ -5,8 +5,11 @@ MelGAN-like generator (a subclassed model: Conv1DTranspose upsampling in a
 dict, residual stacks in lists of lists, the output in a tuple), and a
 functional model mixing both with a custom layer that holds a functional
 model, and a gated block whose layers are made in `__init__` and built in
-its `build` (the Keras guide's pattern). `wn=True` wraps every kernel layer
-in `WeightNormalization`."""
+its `build` (the Keras guide's pattern), and a TCN written as keras-tcn
+writes it (sub-layers in a list and in attributes named after them, unnamed
+batch or layer norms as an option, an identity `Lambda(lambda x: x)`
+shortcut, a slicing `Lambda` that reads its layer, a config holding a
+tracked list). `wn=True` wraps every kernel layer in `WeightNormalization`."""
 
 from __future__ import annotations
 
@@ -262,3 +265,144 @@ def make_gated_model(wn=False, features=6):
     h = GatedBlock(8, wn=wn, name="gated_0")(inputs)
     h = GatedBlock(4, wn=wn, name="gated_1")(h)
     return keras.Model(inputs, _maybe_wn(L.Dense(2, name="head"), wn)(h), name="gated")
+
+
+class KerasTCNBlock(L.Layer):
+    """keras-tcn's `ResidualBlock` as it is written: two causal, dilated
+    convolutions with activations and spatial dropout, made in `build`, kept
+    in `self.layers` and set as attributes named after them (keras-tcn does
+    so to have Keras track them), and a 1x1 convolution on the shortcut, or
+    `Lambda(lambda x: x)` when the widths match. `norm="batch"` or `"layer"`
+    (keras-tcn's `use_batch_norm`, `use_layer_norm`) puts an unnamed
+    normalization after each convolution: its attribute's name is the
+    automatic one, which differs in every instance."""
+
+    def __init__(self, dilation_rate, nb_filters, kernel_size, wn=False, norm=None, **kwargs):
+        self.dilation_rate, self.nb_filters = dilation_rate, nb_filters
+        self.kernel_size, self.wn, self.norm = kernel_size, wn, norm
+        self.layers = []
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        self.layers, shape = [], input_shape
+        for k in range(2):
+            conv = L.Conv1D(
+                self.nb_filters,
+                self.kernel_size,
+                dilation_rate=self.dilation_rate,
+                padding="causal",
+                name=f"conv1D_{k}",
+            )
+            conv = tfnorms.WeightNormalization(conv, name=f"wn_{k}") if self.wn else conv
+            norms = {"batch": L.BatchNormalization, "layer": L.LayerNormalization}
+            norm = [norms[self.norm]()] if self.norm else []
+            act = L.Activation("relu", name=f"act_{k}")
+            for layer in (conv, *norm, act, L.SpatialDropout1D(0.1, name=f"sdropout_{k}")):
+                layer.build(shape)
+                shape = layer.compute_output_shape(shape)
+                self.layers.append(layer)
+        if self.nb_filters != input_shape[-1]:
+            match = L.Conv1D(self.nb_filters, 1, name="matching_conv1D")
+            self.shape_match_conv = _maybe_wn(match, self.wn)
+        else:
+            self.shape_match_conv = L.Lambda(lambda x: x, name="matching_identity")
+        self.shape_match_conv.build(input_shape)
+        for layer in self.layers:
+            setattr(self, layer.name, layer)
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        h = x
+        for layer in self.layers:
+            h = layer(h, training=training) if isinstance(layer, L.Dropout) else layer(h)
+        return keras.ops.relu(self.shape_match_conv(x) + h)
+
+    def compute_output_shape(self, input_shape):
+        return (*input_shape[:-1], self.nb_filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            dilation_rate=self.dilation_rate,
+            nb_filters=self.nb_filters,
+            kernel_size=self.kernel_size,
+            wn=self.wn,
+            norm=self.norm,
+        )
+        return config
+
+
+class KerasTCN(L.Layer):
+    """keras-tcn's `TCN`: blocks of growing dilation made in `build`, the
+    last time step taken by a `Lambda` that reads the layer, and a config
+    that returns `self.dilations` as it is (a list: Keras tracks it)."""
+
+    block_class = KerasTCNBlock
+
+    def __init__(
+        self, nb_filters=8, kernel_size=3, dilations=(1, 2, 4), wn=False, norm=None, **kwargs
+    ):
+        self.nb_filters, self.kernel_size, self.wn = nb_filters, kernel_size, wn
+        self.norm = norm
+        self.dilations = dilations
+        self.residual_blocks = []
+        super().__init__(**kwargs)
+
+    def build(self, input_shape):
+        self.residual_blocks, shape = [], input_shape
+        for i, d in enumerate(self.dilations):
+            block = self.block_class(
+                d,
+                self.nb_filters,
+                self.kernel_size,
+                wn=self.wn,
+                norm=self.norm,
+                name=f"residual_block_{i}",
+            )
+            block.build(shape)
+            shape = block.compute_output_shape(shape)
+            self.residual_blocks.append(block)
+        for block in self.residual_blocks:
+            setattr(self, block.name, block)
+        self.output_slice_index = -1
+        self.slicer_layer = L.Lambda(lambda tt: tt[:, self.output_slice_index, :], name="slice")
+        super().build(input_shape)
+
+    def call(self, x, training=None):
+        for block in self.residual_blocks:
+            x = block(x, training=training)
+        return self.slicer_layer(x)
+
+    def compute_output_shape(self, input_shape):
+        return (input_shape[0], self.nb_filters)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            nb_filters=self.nb_filters,
+            kernel_size=self.kernel_size,
+            dilations=self.dilations,
+            wn=self.wn,
+            norm=self.norm,
+        )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfnorms_tests")
+class RegisteredKerasTCNBlock(KerasTCNBlock):
+    pass
+
+
+@keras.saving.register_keras_serializable(package="tfnorms_tests")
+class RegisteredKerasTCN(KerasTCN):
+    block_class = RegisteredKerasTCNBlock
+
+
+def make_keras_tcn_model(wn=False, registered=False, norm=None, steps=16, features=3):
+    """Input -> TCN (3 blocks: 2 + 1 convolutions, then 2 and 2 with an
+    identity Lambda) -> Dense: 8 kernel layers; `norm="batch"` or `"layer"`:
+    an unnamed normalization after each of the 6 Conv1D (`KerasTCNBlock`)."""
+    tcn = RegisteredKerasTCN if registered else KerasTCN
+    inputs = keras.Input((steps, features))
+    h = tcn(dilations=[1, 2, 4], wn=wn, norm=norm, name="tcn")(inputs)
+    return keras.Model(inputs, _maybe_wn(L.Dense(2, name="head"), wn)(h), name="keras_tcn")

@@ -13,17 +13,17 @@ a layer's place (built, with its weights), or None to copy it as it is:
   layers;
 - a custom layer or subclassed model (layers in attributes, lists, dicts)
   with a replacement somewhere inside: a fresh instance from its config
-  (same class), each sub-layer it holds swapped for the copy of the
-  original's sub-layer at the same place, and its own weights copied; so
-  its config need not describe its current sub-layers (as after an earlier
-  conversion);
+  (same class), each sub-layer with a replacement under it swapped for its
+  copy, the others kept (given the original's weights) where laid out like
+  the original's, else swapped for their copies too, and its own weights
+  copied; so its config need not describe its current sub-layers (as after
+  an earlier conversion);
 - any other layer, and a custom layer with nothing replaced inside whose
   config describes it: rebuilt from its config, with the original's weights.
 """
 
 from __future__ import annotations
 
-import copy
 import inspect
 from collections.abc import Callable
 
@@ -31,7 +31,7 @@ import keras
 
 from tfnorms.layers.kernel_norm_wrapper import KernelNormWrapper
 from tfnorms.tools.report import Report
-from tfnorms.tools.walk import children, describe, is_graph_model, substitute
+from tfnorms.tools.walk import Child, Steps, children, describe, is_graph_model, substitute
 
 Replacement = Callable[[keras.layers.Layer, str], "keras.layers.Layer | None"]
 
@@ -54,17 +54,68 @@ def build_like(new: keras.layers.Layer, old: keras.layers.Layer) -> None:
 
 
 def _build_children_like(new, old):
-    fresh = {child.steps: child.layer for child in children(new)}
-    for child in children(old):
-        counterpart = fresh.get(child.steps)
-        if counterpart is not None and not counterpart.built and child.layer.built:
-            build_like(counterpart, child.layer)
+    held, fresh = children(old), children(new)
+    places = _places(held, fresh) or {child.steps: child for child in fresh}
+    for child in held:
+        counterpart = places.get(child.steps)
+        if counterpart is not None and not counterpart.layer.built and child.layer.built:
+            build_like(counterpart.layer, child.layer)
+
+
+def _places(held: list[Child], fresh: list[Child]) -> dict[Steps, Child] | None:
+    """The place in a fresh instance matching each of `held` (the original's
+    children), by its steps; None when they are laid out otherwise.
+
+    Places in only one of them pair up in order where they differ only in
+    steps that are the fresh layer's own name: keras-tcn sets each sub-layer
+    as an attribute named after it, and an unnamed layer's automatic name
+    differs in every instance (`batch_normalization_7`, not
+    `batch_normalization`). Their classes may differ: an earlier conversion
+    put its layers where the config makes Keras's.
+    """
+    by_steps = {child.steps: child for child in fresh}
+    held_steps = {child.steps for child in held}
+    old_only = [child for child in held if child.steps not in by_steps]
+    new_only = [child for child in fresh if child.steps not in held_steps]
+    if len(old_only) != len(new_only) or not all(map(_renamed, old_only, new_only)):
+        return None
+    by_steps.update((a.steps, b) for a, b in zip(old_only, new_only, strict=True))
+    return {child.steps: by_steps[child.steps] for child in held}
+
+
+def _renamed(old: Child, new: Child) -> bool:
+    """Whether the places differ only in steps that are `new`'s layer name."""
+    return len(old.steps) == len(new.steps) and all(
+        a == b or (isinstance(a, str) and b == new.layer.name)
+        for a, b in zip(old.steps, new.steps, strict=True)
+    )
+
+
+def _plain_copy(value):
+    """`value` with its lists, tuples, dicts and sets copied, however deep,
+    as plain ones (a named tuple keeps its class); everything else shared.
+
+    A config may hold a layer's tracked attribute as it is (a keras-tcn
+    `TCN` returns its `dilations`): Keras's `TrackedList` refers to the
+    layer's tracker, so a deep copy would copy (pickle) every sub-layer.
+    """
+    if isinstance(value, dict):
+        return {key: _plain_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain_copy(item) for item in value]
+    if isinstance(value, set):
+        return {_plain_copy(item) for item in value}
+    if isinstance(value, tuple):
+        items = [_plain_copy(item) for item in value]
+        return type(value)._make(items) if hasattr(value, "_fields") else tuple(items)
+    return value
 
 
 def fresh_instance(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
     """A new, unbuilt layer of the same class from `layer`'s config."""
     try:
-        return type(layer).from_config(copy.deepcopy(layer.get_config()))
+        # A copy: `from_config` may change the config it is given.
+        return type(layer).from_config(_plain_copy(layer.get_config()))
     except Exception as error:
         raise CannotRebuild(
             f"{path} ({type(layer).__name__}) cannot be rebuilt from its config: "
@@ -76,9 +127,17 @@ def fresh_instance(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
 
 def rebuilt(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
     """A copy of `layer` from its config, built, with its weights; raises
-    `CannotRebuild` when the config does not give the same weights."""
+    `CannotRebuild` when the config does not give the same sub-layers and
+    weights."""
     new = fresh_instance(layer, path)
     build_like(new, layer)
+    # After a conversion the config may still name the layers it replaced,
+    # of the same weights (BatchNormalization for L1BatchNormalization).
+    if _counterparts(layer, new) is None:
+        raise CannotRebuild(
+            f"{path} ({type(layer).__name__}) rebuilt from its config does not hold "
+            "the original's sub-layers."
+        )
     old_weights = layer.get_weights()
     try:
         new.set_weights(old_weights)
@@ -97,7 +156,7 @@ def own_weights(layer: keras.layers.Layer) -> list[keras.Variable]:
 
 
 def _config_without(layer, *keys):
-    config = copy.deepcopy(layer.get_config())
+    config = _plain_copy(layer.get_config())
     for key in keys:
         config.pop(key, None)
     return config
@@ -130,6 +189,7 @@ class Rebuilder:
         self._replacements: dict[int, keras.layers.Layer | None] = {}
         self._changes: dict[int, bool] = {}
         self._paths: dict[int, str] = {}
+        self._adopted: set[int] = set()  # fresh sub-layers kept: each copies one layer
 
     # ---------------------------------------------------- what changes
     def _replaced(self, layer, path):
@@ -212,15 +272,15 @@ class Rebuilder:
         return new
 
     def _rebuild_custom(self, layer, path):
-        """A fresh instance from the config, each sub-layer replaced by the
-        copy of the original's sub-layer at the same place, and the layer's
-        own weights copied."""
+        """A fresh instance from the config, each sub-layer with a
+        replacement under it swapped for its copy, the others kept (see
+        `_sub_layer_copy`), and the layer's own weights copied."""
         new = fresh_instance(layer, path)
         build_like(new, layer)
-        fresh = {child.steps: child.layer for child in children(new)}
-        held = children(layer)
-        missing = sorted({str(c.steps) for c in held} ^ {str(steps) for steps in fresh})
-        if missing:
+        held, fresh = children(layer), children(new)
+        places = _places(held, fresh)
+        if places is None:
+            missing = sorted({str(c.steps) for c in held} ^ {str(c.steps) for c in fresh})
             raise CannotRebuild(
                 f"{path} ({type(layer).__name__}) rebuilt from its config holds its "
                 f"sub-layers at other places; differing: {', '.join(missing)}."
@@ -228,9 +288,11 @@ class Rebuilder:
         differs = False
         for child in held:
             child_path = f"{path}/{describe(child.steps, child.layer)}"
-            new_child = self.copy(child.layer, child_path)
-            differs = differs or type(new_child) is not type(fresh[child.steps])
-            substitute(new, child.steps, new_child)
+            place = places[child.steps]
+            new_child = self._sub_layer_copy(child.layer, place.layer, child_path)
+            differs = differs or type(new_child) is not type(place.layer)
+            if new_child is not place.layer:
+                substitute(new, place.steps, new_child)
         _copy_own_weights(layer, new, path)
         if differs:
             self.report.notes.append(
@@ -240,6 +302,52 @@ class Rebuilder:
                 "into a model converted the same way."
             )
         return new
+
+    def _sub_layer_copy(self, old, counterpart, path):
+        """The copy of `old`, held by a custom layer being rebuilt: the
+        fresh instance's own sub-layer at its place (`counterpart`, given
+        `old`'s weights) when nothing under `old` changes and `counterpart`
+        is laid out like it. The fresh layer made it as it made the original
+        one; a rebuild from its config could not always (Keras refuses a
+        `Lambda` of a Python lambda) or would differ (a lambda that reads
+        the layer holding it)."""
+        key = id(old)
+        if key not in self._copies and id(counterpart) not in self._adopted:
+            if not self.changes(old, path) and _take_weights(old, counterpart):
+                self._copies[key] = counterpart
+                self._adopted.add(id(counterpart))
+        return self.copy(old, path)
+
+
+def _counterparts(old, new):
+    """`(layer under old, layer under new)` at each matching place (see
+    `_places`), a layer before its sub-layers; None when they hold other
+    classes or places."""
+    held = children(old)
+    places = _places(held, children(new))
+    if type(old) is not type(new) or places is None:
+        return None
+    pairs = [(old, new)]
+    for child in held:
+        below = _counterparts(child.layer, places[child.steps].layer)
+        if below is None:
+            return None
+        pairs += below
+    return pairs
+
+
+def _take_weights(old, new):
+    """Give `new` the weights and `trainable` flags of `old` when it is laid
+    out like it; whether it was."""
+    pairs = _counterparts(old, new)
+    shapes = [tuple(w.shape) for w in old.weights]
+    if pairs is None or shapes != [tuple(w.shape) for w in new.weights]:
+        return False
+    new.set_weights(old.get_weights())
+    for source, target in pairs:  # a layer's flag sets its sub-layers' first
+        if target.trainable != source.trainable:
+            target.trainable = source.trainable
+    return True
 
 
 def _copy_own_weights(old, new, path):
