@@ -520,23 +520,27 @@ def test_merged_top_k_on_one_replica_equals_local(center, masked, rng):
     np.testing.assert_allclose(got_grad, want_grad, rtol=1e-10, atol=1e-12)
 
 
-def torch_top_k_against_the_general_one(x, k, axis, center, monkeypatch):
-    """Whether the gradient of the top-k mean came from the candidates alone
-    (`torch_top_k._sparse_gradients`), after checking that its value and the
-    gradients of x and the mean equal the general formulation's and that x
-    itself is left as it was."""
+@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's own top-k statistic")
+@pytest.mark.parametrize("center", [False, True])
+@pytest.mark.parametrize(
+    ("shape", "k", "axis"),
+    [((40, 6), 10, -1), ((6, 20, 4), 5, (0,)), ((8, 5, 5, 3), 10, 1), ((300, 7), 10, -1)],
+)
+def test_torch_top_k_statistic_equals_the_general_one(shape, k, axis, center, rng, monkeypatch):
+    """On PyTorch the top-k mean is one autograd Function (`torch_top_k`):
+    its value and the gradients of x and the mean equal the general
+    formulation's, ties at the cut and constant channels included, for
+    kept axes first, last and in between, with and without blocks (300
+    rows: blocks of 10; 40: of 4; 6 x 4 = 24 per kept entry), and x itself
+    is left as it was."""
     import torch
 
-    kept = reduce.kept_axes(x.ndim, axis)
-    reduced = tuple(i for i in range(x.ndim) if i not in kept)
+    x = rng.normal(size=shape) * 3 + 1
+    x[:, 0] = np.round(x[:, 0])  # ties at the cut
+    x[:, 1] = 2.0  # a constant channel: every deviation ties at 0
+    kept = reduce.kept_axes(len(shape), axis)
+    reduced = tuple(i for i in range(len(shape)) if i not in kept)
     assert torch_top_k.applies(x, k, axis, None)
-    sparse_calls = []
-    sparse_gradients = torch_top_k._sparse_gradients
-    monkeypatch.setattr(
-        torch_top_k,
-        "_sparse_gradients",
-        lambda *args: sparse_calls.append(1) or sparse_gradients(*args),
-    )
 
     def value_and_gradients():
         xt = torch.tensor(x, requires_grad=True)
@@ -555,43 +559,3 @@ def torch_top_k_against_the_general_one(x, k, axis, center, monkeypatch):
     np.testing.assert_allclose(own_value, value, rtol=1e-12)
     for own, general in zip(own_grads, grads, strict=True):
         np.testing.assert_allclose(own, general, rtol=1e-12, atol=1e-15)
-    return bool(sparse_calls)
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's own top-k statistic")
-@pytest.mark.parametrize("data", ["ties", "continuous"])
-@pytest.mark.parametrize("center", [False, True])
-@pytest.mark.parametrize(
-    ("shape", "k", "axis"),
-    [((40, 6), 10, -1), ((6, 20, 4), 5, (0,)), ((8, 5, 5, 3), 10, 1), ((300, 7), 10, -1)],
-)
-def test_torch_top_k_statistic_equals_the_general_one(
-    shape, k, axis, center, data, rng, monkeypatch
-):
-    """On PyTorch the top-k mean is one autograd Function (`torch_top_k`):
-    its value and gradients equal the general formulation's for kept axes
-    first, last and in between, with blocks (300 rows: of 10; 40: of 4;
-    6 x 4 = 24 per kept entry). Without ties the gradient is scattered from
-    the candidates; with a constant channel (every deviation ties at 0, in
-    every block) it is computed over all of x."""
-    x = rng.normal(size=shape) * 3 + 1
-    if data == "ties":
-        channels = np.moveaxis(x, reduce.kept_axes(len(shape), axis)[0], 0)  # a view
-        channels[0] = np.round(channels[0])  # ties at the cut
-        channels[1] = 2.0
-    sparse = torch_top_k_against_the_general_one(x, k, axis, center, monkeypatch)
-    assert sparse == (data == "continuous")
-
-
-@pytest.mark.skipif(keras.backend.backend() != "torch", reason="PyTorch's own top-k statistic")
-@pytest.mark.parametrize("center", [False, True])
-def test_torch_top_k_scatters_ties_that_stay_among_the_candidates(center, rng, monkeypatch):
-    """Four entries tie for the last three places of the top 10, all in the
-    first block of rows, so every entry at or above the cut is among the
-    candidates and the gradient is scattered from them: the tied entries
-    share it as in the general formulation."""
-    x = rng.normal(size=(300, 3)) * 0.1
-    x[0:4, 0] = 100.0  # the tie, in one block
-    x[[20, 60, 100, 140, 180, 220, 260], 0] = 200.0 + np.arange(7)  # seven above it
-    x[[50, 51], 1] = -30.0  # a tie inside the top 10 of another channel
-    assert torch_top_k_against_the_general_one(x, 10, -1, center, monkeypatch)

@@ -56,26 +56,22 @@ def top_k_deviation_mean(x, mean, k, axis):
     return _function().apply(columns, centered, k).reshape(kept_sizes)
 
 
-def _candidates(magnitudes, k):
-    """`(values, blocks, maxima)`: the entries of each column of the (n,
-    channels) `magnitudes` that can be among its k largest, as (channels,
-    k * block) values from the (channels, k) `blocks` of rows, and the
-    (n / block, channels) block maxima; without blocks, `(the transposed
-    magnitudes, None, None)`."""
+def _k_largest(magnitudes, k):
+    """(channels, k): the k largest of each column of (n, channels)."""
     import torch
 
     n, channels = magnitudes.shape
     block = top_k_block_size(n, k)
     if block is None:
-        return magnitudes.t().contiguous(), None, None
+        return torch.topk(magnitudes.t().contiguous(), k, dim=1, sorted=False).values
     maxima = magnitudes.view(n // block, block, channels).amax(1)
     best = torch.topk(maxima.t().contiguous(), k, dim=1, sorted=False).indices  # (channels, k)
     # Gathered from the transposed view, the candidates come out contiguous
     # per channel, and the expanded index is a view: no index arithmetic
     # and no transposing copy (the selection took 15-20% less time).
     by_channel = magnitudes.t().view(channels, n // block, block)
-    values = torch.gather(by_channel, 1, best.unsqueeze(2).expand(channels, k, block))
-    return values.reshape(channels, k * block), best, maxima
+    candidates = torch.gather(by_channel, 1, best.unsqueeze(2).expand(channels, k, block))
+    return torch.topk(candidates.reshape(channels, k * block), k, dim=1, sorted=False).values
 
 
 def _deviations(x, mean):
@@ -101,88 +97,33 @@ def _make_function():
     class TopKDeviationMean(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, mean, k):
-            values, blocks, maxima = _candidates(_deviations(x, mean).abs_(), k)
-            top = torch.topk(values, k, dim=1, sorted=False).values
+            top = _k_largest(_deviations(x, mean).abs_(), k)
             dtype = getattr(torch, statistics_dtype(keras.backend.standardize_dtype(x.dtype)))
             threshold = top.amin(1)
             above = (top > threshold[:, None]).sum(1, dtype=dtype)
-            sparse = blocks is not None and _sparse_backward_applies(x, maxima, threshold, k)
-            saved = (values, blocks) if sparse else (None, None)
-            ctx.save_for_backward(x, mean, threshold, above, *saved)
-            ctx.k, ctx.sparse = k, sparse
+            ctx.save_for_backward(x, mean, threshold, above)
+            ctx.k = k
             return top.to(dtype).mean(1)
 
         @staticmethod
         def backward(ctx, upstream):
-            x, mean, threshold, above, values, blocks = ctx.saved_tensors
-            upstream = upstream.to(x.dtype)
-            if ctx.sparse:
-                grad_x, grad = _sparse_gradients(
-                    x, mean, threshold, above, values, blocks, ctx.k, upstream
-                )
-            else:
-                grad_x = grad = _dense_gradients(x, mean, threshold, above, ctx.k, upstream)
+            x, mean, threshold, above = ctx.saved_tensors
+            k, dtype = ctx.k, above.dtype
+            deviation = _deviations(x, mean)
+            # side + 1: 2 above the cut, 1 at it, 0 below.
+            level = torch.abs(deviation).sub_(threshold).sign_().add_(1.0)
+            # The `above` entries at level 2 are those counted in the forward pass.
+            tied = level.sum(0, dtype=dtype) - 2.0 * above
+            per_above = 1.0 / k
+            per_tied = (k - above) / torch.clamp(tied, min=1.0) / k  # in [0, per_above]
+            # Per level 0, 1, 2: 0, per_tied, per_above, as per_above * level
+            # - (per_above - per_tied) clamped to [0, per_above], in place.
+            offset = (per_above - per_tied).to(x.dtype)
+            weights = level.mul_(per_above).sub_(offset).clamp_(min=0.0, max=per_above)
+            grad_x = weights.mul_(deviation.sign_().mul_(upstream.to(x.dtype)))
             grad_mean = None
             if mean is not None and ctx.needs_input_grad[1]:
-                grad_mean = -grad.sum(0, keepdim=True).to(mean.dtype)
+                grad_mean = -grad_x.sum(0, keepdim=True).to(mean.dtype)
             return grad_x, grad_mean, None
 
     return TopKDeviationMean
-
-
-def _sparse_backward_applies(x, maxima, threshold, k):
-    """Whether every entry at or above the cut lies among the candidates, so
-    that the gradient (non-zero there only) can be scattered from them: no
-    block outside the k chosen ones reaches the cut (a block with an entry
-    above it is always chosen; one that only ties with it may not be). On
-    the CPU only: the test reads a value back, which on an accelerator
-    waits for the device, and tracing cannot branch on it."""
-    import torch
-
-    if x.device.type != "cpu" or torch.compiler.is_compiling():
-        return False
-    return bool((maxima >= threshold).sum(0).le(k).all())
-
-
-def _weights(level, above, k):
-    """The gradient of the mean of the k largest with respect to each entry
-    of the (entries, channels) `level` (2 above the cut, 1 at it, 0 below;
-    overwritten): 1/k above, the tied entries' share of the rest at the
-    cut, 0 below. The tied count is the sum of the levels minus twice the
-    count `above`, which the forward pass kept (those entries are exactly
-    the ones above the cut among the k it picked)."""
-    import torch
-
-    tied = level.sum(0, dtype=above.dtype) - 2.0 * above
-    per_above = 1.0 / k
-    per_tied = (k - above) / torch.clamp(tied, min=1.0) / k  # in [0, per_above]
-    # Per level 0, 1, 2: 0, per_tied, per_above, as per_above * level
-    # - (per_above - per_tied) clamped to [0, per_above], in place.
-    offset = (per_above - per_tied).to(level.dtype)
-    return level.mul_(per_above).sub_(offset).clamp_(min=0.0, max=per_above)
-
-
-def _dense_gradients(x, mean, threshold, above, k, upstream):
-    """The gradient of x, in two x-sized buffers."""
-    deviation = _deviations(x, mean)
-    level = deviation.abs().sub_(threshold).sign_().add_(1.0)
-    return _weights(level, above, k).mul_(deviation.sign_().mul_(upstream))
-
-
-def _sparse_gradients(x, mean, threshold, above, values, blocks, k, upstream):
-    """`(grad_x, the candidates' gradients (m, channels))` from the
-    (channels, m) candidates' magnitudes `values` from the (channels, k)
-    `blocks` of rows (`_candidates`), which hold
-    every entry at or above the cut: zeros elsewhere, so one x-sized buffer
-    (`_sparse_backward_applies`)."""
-    import torch
-
-    level = (values - threshold[:, None]).sign_().add_(1.0).t()  # (m, channels)
-    block = values.shape[1] // k
-    offsets = torch.arange(block, device=blocks.device)
-    at = (blocks.unsqueeze(2) * block + offsets).reshape(values.shape).t()  # their rows
-    deviation = torch.gather(x, 0, at)
-    if mean is not None:
-        deviation = deviation - mean
-    grad = _weights(level, above, k).mul_(deviation.sign_().mul_(upstream))
-    return torch.zeros_like(x).scatter_(0, at, grad), grad
