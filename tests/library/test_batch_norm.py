@@ -115,6 +115,37 @@ def test_synchronized_mask_needs_the_channels_last(rng):
         strategy.run(lambda: layer(x, training=True, mask=mask))
 
 
+@pytest.mark.tensorflow_only
+@pytest.mark.parametrize("frozen", [False, True], ids=["inference", "frozen"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: tfnorms.LpBatchNormalization(p=1, axis=1, synchronized=True),
+        lambda: tfnorms.MeanOnlyBatchNormalization(axis=1, synchronized=True),
+    ],
+    ids=["lp", "mean_only"],
+)
+def test_synchronized_mask_with_channels_elsewhere_is_fine_in_inference(make, frozen, rng):
+    """Inference (and a frozen layer, training=True) uses the moving
+    statistics and reduces nothing, so the refusal above does not apply: a
+    masked model with axis=1 and synchronized=True predicts under a strategy,
+    as Keras's layer does, with the unsynchronized layer's output."""
+    import tensorflow as tf
+
+    strategy = mirrored_strategy()
+    with strategy.scope():
+        layer = make()
+        layer.build((None, 3, 4))
+    for variable in layer.non_trainable_variables:
+        variable.assign(rng.uniform(0.5, 2.0, size=variable.shape))
+    layer.trainable = not frozen
+    x, mask = tf.constant(rng.normal(size=(4, 3, 4)), "float32"), tf.ones((4, 3), bool)
+    got = strategy.run(lambda: layer(x, training=frozen, mask=mask))
+    want = to_numpy(layer(x, training=False))
+    for value in strategy.experimental_local_results(got):
+        np.testing.assert_allclose(to_numpy(value), want, rtol=1e-6)
+
+
 # ------------------------------------------------------------ renorm
 RENORM_FACTORS = {"r": np.array([1.1, 3.0, 0.2]), "d": np.array([0.1, -2.0, 0.3])}
 

@@ -393,6 +393,79 @@ def test_convert_resnet_and_mobilenet_train_save_and_load(tmp_path, rng):
     assert_keras_roundtrip_fresh_process(cases, tmp_path, atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["wn", "cwn", "bwn"])
+def test_convert_keeps_a_frozen_layer_frozen(method, rng):
+    """A `trainable=False` layer's wrapper is frozen too (its new scale `g`
+    included), in a graph and inside a nested model; strip gives it back
+    frozen."""
+    frozen = L.Dense(3, name="frozen")
+    frozen.trainable = False
+    nested = keras.Sequential([keras.Input((3,)), L.Dense(3, name="inner_frozen")], name="nested")
+    nested.layers[0].trainable = False
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(nested(frozen(inputs))))
+    x = rng.normal(size=(5, 4)).astype("float32")
+    converted = tfnorms.convert_model(model, weight_norm=method)
+    for wrapper in wrappers_of(converted):
+        trainable = wrapper.layer.name == "head"
+        assert wrapper.trainable is trainable, wrapper.name
+        assert trainable or not wrapper.trainable_weights, wrapper.name
+    head = converted.get_layer(f"head_{method}")
+    assert {id(v) for v in converted.trainable_weights} == {
+        id(v) for v in head.weights if v.trainable
+    }
+    back = tfnorms.strip(converted)
+    assert not back.get_layer("frozen").trainable
+    assert not back.get_layer("nested").layers[0].trainable
+    assert len(back.trainable_weights) == len(model.trainable_weights) == 2
+    np.testing.assert_allclose(to_numpy(back(x)), to_numpy(converted(x)), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        {"batch_norm": "l1"},
+        {"batch_norm": lambda layer: tfnorms.LpBatchNormalization(p=2)},
+        {"layer_norm": lambda layer: tfnorms.LpLayerNormalization(p=2)},
+    ],
+    ids=["preset", "batch_norm_callable", "layer_norm_callable"],
+)
+def test_convert_keeps_a_frozen_norm_frozen(option):
+    """What replaces a `trainable=False` normalization layer is frozen too,
+    whether a preset or the user's callable made it."""
+    inputs = keras.Input((4,))
+    norm = L.BatchNormalization() if "batch_norm" in option else L.LayerNormalization()
+    model = keras.Model(inputs, L.Dense(2, name="head")(norm(inputs)))
+    norm.trainable = False
+    converted = tfnorms.convert_model(model, **option)
+    new = converted.layers[1]
+    assert type(new) is not type(norm)
+    assert not new.trainable
+    assert len(converted.trainable_weights) == len(model.trainable_weights) == 2
+
+
+def test_a_frozen_nested_model_nothing_replaces_stays_frozen(rng):
+    """A frozen backbone (a nested Sequential) with nothing replaced inside
+    is copied from its config, which does not hold the flag: the copy is
+    frozen as the original is, in convert_model and in strip."""
+    backbone = keras.Sequential(
+        [keras.Input((4,)), L.Dense(4, name="b1"), L.Dense(4, name="b2")], name="backbone"
+    )
+    backbone.trainable = False
+    inputs = keras.Input((4,))
+    model = keras.Model(inputs, L.Dense(2, name="head")(backbone(inputs)))
+    x = rng.normal(size=(5, 4)).astype("float32")
+    converted = tfnorms.convert_model(
+        model, weight_norm="wn", layer_filter=lambda layer: layer.name == "head"
+    )
+    back = tfnorms.strip(converted)
+    for copy in (converted, back):
+        assert copy.get_layer("backbone").trainable is False
+        copy.get_layer("backbone").trainable = True  # unfreezing reaches every layer
+        assert len(copy.get_layer("backbone").trainable_weights) == 4
+    np.testing.assert_allclose(to_numpy(back(x)), to_numpy(model(x)), atol=1e-5)
+
+
 def test_convert_model_keeps_operator_nodes_of_functional_models():
     """`h + x` in a functional model is an operation node, not a layer:
     conversion must replay it (Transformer-style residuals)."""

@@ -137,8 +137,8 @@ class LpBatchNormalization(BatchStatisticsLayer):
         mask: the input's shape without its last axis, as Keras (whatever
             `axis` is: the mask broadcasts over the last axis); only its true
             positions enter the statistics. All positions are normalized.
-            With `synchronized=True` under a strategy, a mask needs the
-            channels last.
+            With `synchronized=True` under a strategy, a mask in training
+            needs the channels last.
     """
 
     def __init__(
@@ -211,14 +211,15 @@ class LpBatchNormalization(BatchStatisticsLayer):
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        reduction = self._reduction()
+        batch_statistics = bool(training and self.trainable)
+        reduction = self._reduction(batch_statistics)
         mask = self._channel_mask(inputs, mask, reduction)
         x = self._working_inputs(inputs)
         dtype = statistics_dtype(x.dtype)
         gamma = None if self.gamma is None else ops.cast(self.gamma, dtype)
         beta = None if self.beta is None else ops.cast(self.beta, dtype)
         scale = None
-        if training and self.trainable:
+        if batch_statistics:
             mean, variance, count, scale = statistics(
                 x, self._channel_axis, p=self.p, top_k=self.top_k, mask=mask, reduction=reduction
             )

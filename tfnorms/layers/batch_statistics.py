@@ -77,9 +77,11 @@ class BatchStatisticsLayer(NormalizationLayer):
             )
         return ops.expand_dims(ops.cast(mask, "bool"), -1)
 
-    def _reduction(self):
-        """Local statistics, or the global batch's when synchronized."""
-        return distribute.reduction(self.synchronized)
+    def _reduction(self, batch_statistics=True):
+        """Local statistics, or the global batch's when synchronized; local
+        in inference (`batch_statistics` False), where no statistics are
+        computed and nothing needs reducing."""
+        return distribute.reduction(self.synchronized and batch_statistics)
 
     def _update_moving(self, variable, value, momentum=None, count=None):
         """`moving = moving * momentum + value * (1 - momentum)` (Keras's

@@ -107,11 +107,12 @@ class MeanOnlyBatchNormalization(BatchStatisticsLayer):
     def call(
         self, inputs: Tensor, training: bool | None = None, mask: Tensor | None = None
     ) -> Tensor:
-        reduction = self._reduction()
+        batch_statistics = bool(training and self.trainable)
+        reduction = self._reduction(batch_statistics)
         mask = self._channel_mask(inputs, mask, reduction)
         x = self._working_inputs(inputs)
         dtype = statistics_dtype(x.dtype)
-        if training and self.trainable:
+        if batch_statistics:
             mean, count = mean_statistics(
                 x, self._channel_axis, mask=mask, reduction=reduction, with_count=True
             )

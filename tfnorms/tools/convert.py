@@ -103,7 +103,9 @@ def convert_model(
     tracks: in Sequential, functional and nested models, inside
     `TimeDistributed` and `Bidirectional`, and inside custom layers and
     subclassed models that hold layers in attributes, lists or dicts
-    (however deep). The original model is unchanged.
+    (however deep). The original model is unchanged. What replaces a
+    `trainable=False` layer has `trainable=False` too (a wrapper's new scale
+    `g` included).
 
     The copy has the class of `model`, except a functional subclass whose
     constructor does not take `(inputs, outputs)` (say, a keras-hub
@@ -225,6 +227,8 @@ def _wrapped(layer, path, wrap, selected, report):
     wrapper = wrap(rebuilt(layer, path))
     build_like(wrapper, layer)
     wrapper.initialize_from_kernels()
+    if not layer.trainable:  # a frozen layer stays frozen: its new `g` too
+        wrapper.trainable = False
     report.add_done(path, layer, f"wrapped in {type(wrapper).__name__}")
     return wrapper
 
@@ -234,6 +238,8 @@ def _replaced_norm(layer, path, replace, selected, report):
         report.add_left(path, layer, "layer_filter returned False", chosen=True)
         return None
     new = replace(layer)
+    if not layer.trainable:  # as the presets carry it; a callable may not
+        new.trainable = False
     build_like(new, layer)
     # The variables of the same names (gamma, beta, moving statistics); a
     # NumPy copy, since JAX's buffer donation in one model would delete the

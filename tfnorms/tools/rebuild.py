@@ -133,7 +133,8 @@ def rebuilt(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
     build_like(new, layer)
     # After a conversion the config may still name the layers it replaced,
     # of the same weights (BatchNormalization for L1BatchNormalization).
-    if _counterparts(layer, new) is None:
+    pairs = _counterparts(layer, new)
+    if pairs is None:
         raise CannotRebuild(
             f"{path} ({type(layer).__name__}) rebuilt from its config does not hold "
             "the original's sub-layers."
@@ -146,6 +147,8 @@ def rebuilt(layer: keras.layers.Layer, path: str) -> keras.layers.Layer:
             f"{path} ({type(layer).__name__}) rebuilt from its config does not have "
             f"the original's weights ({error})."
         ) from error
+    # A config need not hold the flag (Sequential's does not).
+    _copy_trainable(pairs)
     return new
 
 
@@ -344,10 +347,16 @@ def _take_weights(old, new):
     if pairs is None or shapes != [tuple(w.shape) for w in new.weights]:
         return False
     new.set_weights(old.get_weights())
+    _copy_trainable(pairs)
+    return True
+
+
+def _copy_trainable(pairs):
+    """Give each layer of `pairs` (from `_counterparts`) its counterpart's
+    `trainable` flag."""
     for source, target in pairs:  # a layer's flag sets its sub-layers' first
         if target.trainable != source.trainable:
             target.trainable = source.trainable
-    return True
 
 
 def _copy_own_weights(old, new, path):
