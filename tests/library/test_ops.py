@@ -283,15 +283,25 @@ def test_top_k_in_a_tensorflow_graph_is_an_xla_cluster_with_the_eager_values(mas
 @pytest.mark.parametrize("p", [1.0, 3.0])
 @pytest.mark.parametrize("center", [True, False])
 @pytest.mark.parametrize("masked", [False, True])
-def test_abs_deviation_gradient_in_a_tensorflow_graph_is_an_xla_cluster(p, center, masked, rng):
+@pytest.mark.parametrize("size", ["large", "small", "unknown"])
+def test_abs_deviation_gradient_in_a_tensorflow_graph(p, center, masked, size, rng, monkeypatch):
     """In a traced TensorFlow function without jit_compile, the gradient of
-    `|x - mean|` (finite p other than 2) is an XLA-compiled call that takes
-    the upstream gradient, so that no layer's sign is computed before the
-    backward pass reaches it; the statistics and the gradients of x equal
-    the eager (autodiff) computation's, the mean's path included."""
+    `|x - mean|` (finite p other than 2) of a large input, or one whose size
+    is unknown until run time, is an XLA-compiled call that takes the
+    upstream gradient, so that no layer's sign is computed before the
+    backward pass reaches it; a small input keeps autodiff's `Abs` gradient
+    (the cluster's launch costs more there). The statistics and the
+    gradients of x equal the eager (autodiff) computation's either way, the
+    mean's path included."""
     import tensorflow as tf
 
+    from tfnorms._math import compiled
+
     shape = (32, 6, 8)
+    # The threshold moved to either side of this input's size: the real one
+    # is 1 MiB of float32, too large for a quick test.
+    threshold = math.prod(shape) + (1 if size == "small" else 0)
+    monkeypatch.setattr(compiled, "MIN_CLUSTER_ELEMENTS", threshold)
     x = tf.constant(rng.normal(size=shape) + 0.5, tf.float32)
     mask = tf.constant(rng.random((*shape[:-1], 1)) < 0.7) if masked else None
     weights = tf.range(1.0, shape[-1] + 1.0)
@@ -304,14 +314,19 @@ def test_abs_deviation_gradient_in_a_tensorflow_graph_is_an_xla_cluster(p, cente
         return [result.mean, result.variance, tape.gradient(total, x)]
 
     traced = tf.function(value_and_grad)
-    graph = traced.get_concrete_function(x).graph
+    spec = tf.TensorSpec((None, *shape[1:]), tf.float32) if size == "unknown" else x
+    graph = traced.get_concrete_function(spec).graph
     compiled_calls = [
         op
         for op in graph.get_operations()
         if "_XlaMustCompile" in op.node_def.attr and op.get_attr("_XlaMustCompile")
     ]
-    assert compiled_calls, "no XLA-compiled call in the traced graph"
-    assert not [op for op in graph.get_operations() if op.type == "Sign"]  # only inside
+    signs = [op for op in graph.get_operations() if op.type == "Sign"]
+    if size == "small":
+        assert not compiled_calls and signs, "a small input should keep autodiff's gradient"
+    else:
+        assert compiled_calls, "no XLA-compiled call in the traced graph"
+        assert not signs  # only inside
     for got, want in zip(traced(x), value_and_grad(x), strict=True):
         np.testing.assert_allclose(got.numpy(), want.numpy(), rtol=1e-5, atol=1e-6)
 

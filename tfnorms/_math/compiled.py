@@ -5,7 +5,16 @@ the top-k selection under "Lp batch normalization")."""
 
 from __future__ import annotations
 
+import math
+
 import keras
+
+# Below this many elements (1 MiB of float32) a cluster of a few elementwise
+# passes (the gradient of |x - mean|) costs more to launch than its fusion
+# saves, and what the unfused graph holds for the backward pass instead stays
+# small. The top-k and extremes clusters pay at any size (docs/design.md,
+# "Lp batch normalization", top-k selection, has both measurements).
+MIN_CLUSTER_ELEMENTS = 2**18
 
 
 def in_tf_xla() -> bool:
@@ -51,6 +60,15 @@ def in_tf_graph() -> bool:
     import tensorflow as tf
 
     return tf.inside_function() and not in_tf_xla()
+
+
+def worth_a_cluster(x) -> bool:
+    """Whether `x` is large enough for a cluster of a few elementwise passes
+    over it to pay: at least `MIN_CLUSTER_ELEMENTS`, or a size unknown until
+    run time (then the cluster, which bounds what the step holds)."""
+    if any(d is None for d in x.shape):
+        return True
+    return math.prod(x.shape) >= MIN_CLUSTER_ELEMENTS
 
 
 def as_xla_cluster(function):

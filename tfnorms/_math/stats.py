@@ -159,8 +159,9 @@ def _absolute_deviation(x, mean):
     tensors alone, so the graph computes that sign for every layer as soon
     as the backward pass starts and holds all of them: L1 batch norm's
     training step peaked at 1.30x Keras's batch norm's memory on the bench
-    MLP (docs/design.md, "Lp batch normalization", top-k selection)."""
-    if not compiled.in_tf_graph():
+    MLP (docs/design.md, "Lp batch normalization", top-k selection). A
+    small `x` (`compiled.worth_a_cluster`) keeps autodiff's gradient."""
+    if not (compiled.in_tf_graph() and compiled.worth_a_cluster(x)):
         return ops.abs(x if mean is None else x - mean)
     # The axes that `mean` (kept axes' statistics, expanded) broadcasts over.
     broadcast = () if mean is None else tuple(i for i, d in enumerate(mean.shape) if d == 1)
