@@ -526,6 +526,109 @@ def test_jax_data_parallel_step_uses_global_batch_statistics():
     assert max(report["diffs"]) < 1e-5, report
 
 
+_JAX_SHARDED_TOP_K = textwrap.dedent(
+    """
+    import json
+    import numpy as np
+    import jax
+    import keras
+    from jax.sharding import NamedSharding, PartitionSpec
+    from keras import ops
+    from tfnorms._math.top_k import top_k_deviation_mean
+
+    rng = np.random.default_rng(0)
+    # (shape, kept axis, k, ties, rows masked out): shards of 8 rows; blocks
+    # within each share; channels first; ties; fewer rows per device than k;
+    # one device's share wholly masked; a batch the devices do not divide.
+    CASES = [
+        ((16, 8), -1, 3, False, ()),
+        ((8, 5, 5, 6), -1, 10, False, ()),
+        ((8, 6, 3, 3), 1, 4, False, ()),
+        ((16, 4), -1, 5, True, ()),
+        ((4, 3), -1, 3, False, ()),
+        ((8, 4), -1, 3, False, (0, 1, 2, 3)),
+        ((5, 3), -1, 2, False, ()),
+    ]
+
+    def statistic(x, mean, k, axis, mask, weights):
+        value = top_k_deviation_mean(x, mean, k, axis, mask)
+        return ops.sum(value * weights), value
+
+    def numpy_value(x, mean, k, axis, mask):
+        deviation = np.where(mask, np.abs(x - mean), -1.0)
+        columns = np.moveaxis(deviation, axis, -1).reshape(-1, x.shape[axis])
+        return [np.sort(c[c >= 0])[::-1][:k].mean() for c in columns.T]
+
+    def run(case, sharded):
+        shape, axis, k, ties, masked_rows = case
+        x = rng.normal(size=shape)
+        if ties:
+            x = np.round(x * 2) / 2
+        kept = [1] * len(shape)
+        kept[axis] = shape[axis]
+        mean = rng.normal(size=kept) * 0.1
+        mask = np.ones((shape[0],) + (1,) * (len(shape) - 1), bool)
+        mask[list(masked_rows)] = False
+        weights = rng.uniform(1.0, 2.0, size=shape[axis])
+        args = [a.astype("float32") for a in (x, mean, weights)]
+        mask_arg = mask if masked_rows else None
+        if sharded and shape[0] % 2 == 0:
+            mesh = keras.distribution.distribution().device_mesh.backend_mesh
+            batch = NamedSharding(mesh, PartitionSpec("batch"))
+            args[0] = jax.device_put(args[0], batch)
+            if mask_arg is not None:
+                mask_arg = jax.device_put(mask_arg, batch)
+
+        def f(x, mean, weights, mask):
+            return statistic(x, mean, k, axis, mask, weights)
+
+        grad = jax.jit(jax.value_and_grad(f, argnums=(0, 1), has_aux=True))
+        (_, value), (grad_x, grad_mean) = grad(*args, mask_arg)
+        jaxpr = str(jax.make_jaxpr(f)(*args, mask_arg))
+        return {
+            "value": np.asarray(value).tolist(),
+            "numpy": [float(v) for v in numpy_value(x, mean, k, axis, mask)],
+            "grad_x": np.asarray(grad_x).ravel().tolist(),
+            "grad_mean": np.asarray(grad_mean).ravel().tolist(),
+            "per_device": "shard_map" in jaxpr,
+        }
+
+    single = []
+    for case in CASES:
+        state = rng.bit_generator.state
+        single.append(run(case, sharded=False))
+        rng.bit_generator.state = state  # the same data for both
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=jax.devices()))
+        single[-1]["sharded"] = run(case, sharded=True)
+        keras.distribution.set_distribution(None)
+        rng.bit_generator.state = state
+        run(case, sharded=False)  # keep the generator in step
+    print(json.dumps(single))
+    """
+)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="the JAX backend's data parallelism")
+def test_top_k_statistic_over_a_jax_sharded_batch_selects_per_device():
+    """Under `DataParallel` over two host devices, the top-k statistic of a
+    batch sharded along its first axis selects each device's k largest and
+    merges them (a shard_map) wherever the devices divide the batch, and
+    its value and gradients equal one device's, the value also NumPy's:
+    blocks within a share, channels first, ties, fewer rows per device
+    than k, a wholly masked share; a batch of 5 takes the global path."""
+    report = run_on_two_jax_devices(_JAX_SHARDED_TOP_K)
+    for index, case in enumerate(report):
+        sharded = case["sharded"]
+        assert sharded["per_device"] == (index != len(report) - 1), (index, sharded)
+        assert not case["per_device"], index  # no distribution, no shard_map
+        np.testing.assert_allclose(case["value"], case["numpy"], rtol=1e-5, err_msg=str(index))
+        for key in ("value", "grad_x", "grad_mean"):
+            np.testing.assert_allclose(
+                sharded[key], case[key], rtol=1e-5, atol=1e-6, err_msg=f"{index} {key}"
+            )
+
+
 def run_on_two_jax_devices(script):
     """The JSON report that `script` prints last, run on the JAX backend
     with two host devices (a process of its own: the device count is fixed

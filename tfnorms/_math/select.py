@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from tfnorms._math import compiled
+from tfnorms._math import compiled, jax_shards
 from tfnorms._math.reduce import (
     FLOAT_MAX,
     expand_statistics,
@@ -122,9 +122,23 @@ def top_k_values(values, k, axis, pad_to_k=False):
 
     Not differentiated: its callers (`tfnorms._math.top_k`) write out their
     gradients, so the selection keeps no autodiff bookkeeping, and each
-    round of `k_largest_columns` returns its maximum as it is.
+    round of `k_largest_columns` returns its maximum as it is. Over a batch
+    that JAX shards across devices, each device selects among its share
+    (`jax_shards`).
     """
     values = ops.stop_gradient(values)
+    sharded = jax_shards.batch_mesh(values, axis, k)
+    if sharded is not None:
+
+        def local_top_k(share):
+            return _top_k_values(share, k, axis, pad_to_k=True)
+
+        return jax_shards.top_k_values(values, k, local_top_k, *sharded)
+    return _top_k_values(values, k, axis, pad_to_k)
+
+
+def _top_k_values(values, k, axis, pad_to_k):
+    """`top_k_values` of the values this device holds."""
     ndim = len(values.shape)
     kept, reduced = kept_axes(ndim, axis), reduction_axes(ndim, axis)
     order = kept + reduced
