@@ -7,9 +7,10 @@ partitions along the batch axis; it partitions the single-device selection
 (`select.top_k_values`) too, but with an all-gather of the block maxima and
 a gather across devices per layer, which cost a top-10 batch norm's
 training step on two host devices 1.19-1.22x Keras's layer against
-1.05x on one device (docs/design.md, "Distribution", JAX). The global k largest are among the devices' own k largest
-(a device's entries above the global k-th largest are fewer than k), so
-selecting per shard is exact for any values, ties and sentinels included.
+1.05x on one device (docs/design.md, "Distribution", JAX). The global k
+largest are among the devices' own k largest (a device's entries above the
+global k-th largest are fewer than k), so selecting per shard is exact for
+any values, ties and sentinels included.
 """
 
 from __future__ import annotations
