@@ -14,6 +14,7 @@ import pytest
 from layer_checks import call_gradients, is_tensorflow, to_numpy
 
 import tfnorms
+from tfnorms._math import compiled
 from tfnorms.layers import kernel_free
 
 WRAPPERS = {
@@ -94,6 +95,52 @@ def test_kernel_free_path_equals_the_kernel_forming_path(
     assert len(grads) == len(grads_w) == len(wrapper.trainable_variables)
     for variable, grad, grad_w in zip(wrapper.trainable_variables, grads, grads_w, strict=True):
         np.testing.assert_allclose(grad, grad_w, rtol=1e-4, atol=1e-4, err_msg=variable.path)
+
+
+def through(monkeypatch, direct):
+    """The kernel-forming path, with the layer's product computed by the
+    wrapper (`formed_call`, taken where each step reruns the Python) or
+    through the inner layer's `__call__` (traced steps)."""
+    forced(monkeypatch, False)
+    monkeypatch.setattr(compiled, "runs_every_step", lambda: direct)
+
+
+def outputs_and_gradients(wrapper, x, rng):
+    weights = rng.normal(size=to_numpy(wrapper(x)).shape)
+
+    def loss(out):
+        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(out, "float32"), weights))
+
+    return to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss)
+
+
+@pytest.mark.parametrize("layer_name", sorted(LAYERS))
+@pytest.mark.parametrize("wrapper_name", sorted(WRAPPERS))
+@pytest.mark.parametrize("policy", ["float32", "mixed_float16"])
+def test_direct_product_equals_the_inner_layers_call(
+    wrapper_name, layer_name, policy, rng, monkeypatch
+):
+    """With `W` formed, the wrapper's own product, bias and activation give
+    the inner layer's `__call__` outputs and gradients (input, V, g or rho,
+    bias), in its compute dtype."""
+    keras.config.set_dtype_policy(policy)
+    wrapper, x = randomized_wrapper(wrapper_name, layer_name, rng)
+    results = {}
+    for direct in (True, False):
+        through(monkeypatch, direct)
+        state = rng.bit_generator.state
+        results[direct] = outputs_and_gradients(wrapper, x, rng)
+        rng.bit_generator.state = state  # the same loss weights for both
+    (out, value, dx, grads), (out_c, value_c, dx_c, grads_c) = results[True], results[False]
+    tolerance = 1e-6 if policy == "float32" else 1e-2  # float16: sums in another order
+    assert out.dtype == out_c.dtype
+    np.testing.assert_allclose(out, out_c, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(value, value_c, rtol=tolerance, atol=tolerance)
+    np.testing.assert_allclose(dx, dx_c, rtol=tolerance, atol=tolerance)
+    for variable, grad, grad_c in zip(wrapper.trainable_variables, grads, grads_c, strict=True):
+        np.testing.assert_allclose(
+            grad, grad_c, rtol=tolerance, atol=tolerance, err_msg=variable.path
+        )
 
 
 @pytest.mark.parametrize("layer_name", ["conv2d_strided", "einsum_dense_units_inside"])

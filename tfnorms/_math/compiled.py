@@ -62,6 +62,20 @@ def in_tf_graph() -> bool:
     return tf.inside_function() and not in_tf_xla()
 
 
+def runs_every_step() -> bool:
+    """Whether the Python of the code being run runs again at every step:
+    PyTorch, or TensorFlow executing eagerly (not tracing a graph); JAX's
+    training steps are traced once."""
+    backend = keras.backend.backend()
+    if backend == "torch":
+        return True
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.executing_eagerly()
+    return False
+
+
 def worth_a_cluster(x) -> bool:
     """Whether `x` is large enough for a cluster of a few elementwise passes
     over it to pay: at least `MIN_CLUSTER_ELEMENTS`, or a size unknown until

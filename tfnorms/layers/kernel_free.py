@@ -19,6 +19,10 @@ is faster with `W` formed once (one kernel-sized op fewer on the backward
 pass), and so is eager PyTorch; and even under XLA it pays only while the
 output has fewer rows than the kernel. `pays` decides; both paths compute the
 same function and gradients (tests/library/test_kernel_free.py).
+
+Where the wrapper's Python runs at every step (PyTorch, TensorFlow eager),
+it forms `W` and computes the layer's product here too (`formed_call`),
+without the inner layer's `__call__`.
 """
 
 from __future__ import annotations
@@ -174,6 +178,23 @@ def call(
             outputs = outputs - ops.matmul(sums, ops.expand_dims(shift, 0))
         else:
             outputs = outputs - sums * shift
+    return _biased_and_activated(layer, outputs, shape)
+
+
+def formed_call(layer: keras.layers.Layer, x: Tensor, kernel: Tensor) -> Tensor:
+    """`layer(x)` with its kernel replaced by `kernel` (the effective kernel
+    W, in the variable dtype): what the layer's `call` computes, without
+    its `__call__` and the wrapper's variable substitution, whose Python
+    runs at every eager step (PyTorch)."""
+    outputs = _linear(layer, _padded(layer, x), ops.cast(kernel, layer.compute_dtype))
+    shape = _channel_shape(layer, len(outputs.shape), int(kernel.shape[-1]))
+    return _biased_and_activated(layer, outputs, shape)
+
+
+def _biased_and_activated(layer, outputs, shape):
+    """The layer's bias (broadcast by `shape` where the layer does not shape
+    it itself) and activation on its product."""
+    dtype = layer.compute_dtype
     if type(layer) in _EINSUM:
         if layer.bias is not None:  # shaped by the layer to broadcast
             outputs = outputs + ops.cast(layer.bias.value, dtype)

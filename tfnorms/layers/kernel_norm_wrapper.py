@@ -20,6 +20,7 @@ from keras import ops
 from keras.src.backend.common.variables import AutocastScope
 
 from tfnorms import _validation, axes
+from tfnorms._math import compiled
 from tfnorms._math.kernel import center_kernel, unit_factors, unit_norms, weight_norm_kernel
 from tfnorms._types import Shape, Tensor
 from tfnorms.layers import kernel_free
@@ -253,13 +254,21 @@ class KernelNormWrapper(keras.layers.Wrapper):
         **kwargs: Any,
     ) -> Any:
         if not args and kernel_free.supports(self.layer):
+            # Dense, EinsumDense, convolutions: their product computed here
+            # without W under XLA where that pays, and with W where each step
+            # reruns this Python, skipping the inner `__call__` and the
+            # variable substitution below (docs/design.md, "Kernel-free
+            # weight norm").
+            inputs = ops.cast(inputs, self.layer.compute_dtype)
             if kernel_free.pays(self.layer, inputs):
                 ((variable, kernel_axes),) = self._kernels
                 with AutocastScope(None):  # as in `_computed_kernels`
                     v = variable.value
                     mean, factor = unit_factors(v, **self._kernel_arguments(variable, kernel_axes))
-                inputs = ops.cast(inputs, self.layer.compute_dtype)
                 return kernel_free.call(self.layer, inputs, v, mean, factor)
+            if compiled.runs_every_step():
+                ((_, kernel),) = self._computed_kernels()
+                return kernel_free.formed_call(self.layer, inputs, kernel)
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         # Matched by identity, not keyed by `id()`: torch.compile fails on a
         # dict of ids built in the traced call.
