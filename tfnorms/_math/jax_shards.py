@@ -29,8 +29,13 @@ def batch_mesh(values, axis, k):
     `DataParallel` distribution over several devices, `values`' first axis
     (its batch) among the reduced ones with a static size that the devices
     divide, and at least k entries per channel in all (with fewer, the
-    result has fewer columns than k). None otherwise."""
+    result has fewer columns than k). None otherwise, and with a JAX that
+    has no public `jax.shard_map` (older releases): XLA's partitioning then."""
     if keras.backend.backend() != "jax":
+        return None
+    import jax
+
+    if not hasattr(jax, "shard_map"):
         return None
     distribution = keras.distribution.distribution()
     if type(distribution) is not keras.distribution.DataParallel:
