@@ -259,15 +259,16 @@ class KernelNormWrapper(keras.layers.Wrapper):
             # reruns this Python, skipping the inner `__call__` and the
             # variable substitution below (docs/design.md, "Kernel-free
             # weight norm").
-            inputs = ops.cast(inputs, self.layer.compute_dtype)
             if kernel_free.pays(self.layer, inputs):
                 ((variable, kernel_axes),) = self._kernels
                 with AutocastScope(None):  # as in `_computed_kernels`
                     v = variable.value
                     mean, factor = unit_factors(v, **self._kernel_arguments(variable, kernel_axes))
+                inputs = ops.cast(inputs, self.layer.compute_dtype)
                 return kernel_free.call(self.layer, inputs, v, mean, factor)
             if compiled.runs_every_step():
                 ((_, kernel),) = self._computed_kernels()
+                inputs = ops.cast(inputs, self.layer.compute_dtype)
                 return kernel_free.formed_call(self.layer, inputs, kernel)
         # Extra positional arguments are for RNN cells: `cell(inputs, states)`.
         # Matched by identity, not keyed by `id()`: torch.compile fails on a
