@@ -71,6 +71,17 @@ def randomized_wrapper(wrapper_name, layer_name, rng):
     return wrapper, x
 
 
+def outputs_and_gradients(wrapper, x, rng):
+    """The output, loss, input gradient and variable gradients of a loss
+    weighting the output by weights drawn from `rng`."""
+    weights = rng.normal(size=to_numpy(wrapper(x)).shape)
+
+    def loss(out):
+        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(out, "float32"), weights))
+
+    return to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss)
+
+
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 @pytest.mark.parametrize("wrapper_name", sorted(WRAPPERS))
 def test_kernel_free_path_equals_the_kernel_forming_path(
@@ -79,15 +90,12 @@ def test_kernel_free_path_equals_the_kernel_forming_path(
     """Same outputs, input gradient and variable gradients on both paths."""
     assert kernel_free.supports(LAYERS[layer_name][0]())
     wrapper, x = randomized_wrapper(wrapper_name, layer_name, rng)
-    weights = rng.normal(size=to_numpy(wrapper(x)).shape)
-
-    def loss(out):
-        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(out, "float32"), weights))
-
     results = {}
     for path in (True, False):
         forced(monkeypatch, path)
-        results[path] = (to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss))
+        state = rng.bit_generator.state
+        results[path] = outputs_and_gradients(wrapper, x, rng)
+        rng.bit_generator.state = state  # the same loss weights for both
     (out, value, dx, grads), (out_w, value_w, dx_w, grads_w) = results[True], results[False]
     np.testing.assert_allclose(out, out_w, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(value, value_w, rtol=1e-5, atol=1e-4)
@@ -103,15 +111,6 @@ def through(monkeypatch, direct):
     through the inner layer's `__call__` (traced steps)."""
     forced(monkeypatch, False)
     monkeypatch.setattr(compiled, "runs_every_step", lambda: direct)
-
-
-def outputs_and_gradients(wrapper, x, rng):
-    weights = rng.normal(size=to_numpy(wrapper(x)).shape)
-
-    def loss(out):
-        return keras.ops.sum(keras.ops.multiply(keras.ops.cast(out, "float32"), weights))
-
-    return to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss)
 
 
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
