@@ -77,7 +77,27 @@ def lstm(tf, tfa):
     return model, (7, 4)
 
 
-MODELS = {"tcn": tcn, "upsampler": upsampler, "lstm": lstm}
+def timedistributed(tf, tfa):
+    """tfa's WeightNormalization inside TimeDistributed (tfa refuses the
+    opposite nesting: a TimeDistributed has no `kernel`): a Conv1D applied to
+    each of 4 frames of a 4-D input, a plain Flatten per frame, a Dense per
+    frame, then a plain TimeDistributed Dense head."""
+    wn = tfa.layers.WeightNormalization
+    layers = tf.keras.layers
+    model = tf.keras.Sequential(
+        [
+            tf.keras.Input((4, 6, 3)),
+            layers.TimeDistributed(wn(layers.Conv1D(4, 3, padding="same", activation="relu"))),
+            layers.TimeDistributed(layers.Flatten()),
+            layers.TimeDistributed(wn(layers.Dense(4, activation="tanh"))),
+            layers.TimeDistributed(layers.Dense(2)),
+        ],
+        name="timedistributed",
+    )
+    return model, (4, 6, 3)
+
+
+MODELS = {"tcn": tcn, "upsampler": upsampler, "lstm": lstm, "timedistributed": timedistributed}
 
 
 def main(argv=None):
@@ -130,6 +150,8 @@ def main(argv=None):
         np.savez_compressed(os.path.join(args.out, f"{name}.npz"), x=x, y=y)
 
         for layer in model.layers:
+            if isinstance(layer, tf.keras.layers.TimeDistributed):
+                layer = layer.layer
             if isinstance(layer, tfa.layers.WeightNormalization):
                 norms = np.linalg.norm(layer.v.numpy().reshape(-1, layer.layer_depth), axis=0)
                 print(

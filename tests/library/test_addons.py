@@ -48,7 +48,20 @@ def lstm(wrap=WN):
     )
 
 
-MODELS = {"tcn": tcn, "upsampler": upsampler, "lstm": lstm}
+def timedistributed(wrap=WN):
+    td = layers.TimeDistributed
+    return keras.Sequential(
+        [
+            keras.Input((4, 6, 3)),
+            td(wrap(layers.Conv1D(4, 3, padding="same", activation="relu"))),
+            td(layers.Flatten()),
+            td(wrap(layers.Dense(4, activation="tanh"))),
+            td(layers.Dense(2)),
+        ]
+    )
+
+
+MODELS = {"tcn": tcn, "upsampler": upsampler, "lstm": lstm, "timedistributed": timedistributed}
 
 
 def plain(layer):
@@ -111,12 +124,29 @@ def test_transposed_and_recurrent_kernels_are_remapped():
     assert sorted(scales) == ["kernel", "recurrent_kernel"]
 
 
-def test_loads_into_plain_layers_too():
+@pytest.mark.parametrize("fmt", list(FORMATS))
+@pytest.mark.parametrize("name", ["upsampler", "timedistributed"])
+def test_loads_into_plain_layers_too(name, fmt):
     # Plain layers receive tensorflow-addons' effective kernels W.
-    model = upsampler(wrap=plain)
-    x, y = expected("upsampler")
-    tfnorms.load_addons_weights(model, fixture("upsampler"))
+    model = MODELS[name](wrap=plain)
+    x, y = expected(name)
+    tfnorms.load_addons_weights(model, fixture(name, fmt))
     np.testing.assert_allclose(outputs(model, x), y, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("fmt", list(FORMATS))
+def test_wrappers_inside_time_distributed_are_loaded_and_initialized(fmt):
+    # Unloaded, a data_init=True wrapper inside TimeDistributed refuses its
+    # first call (it would see one time step); loading marks it initialized.
+    model = timedistributed(wrap=lambda layer: WN(layer, data_init=True))
+    x, y = expected("timedistributed")
+    pairs = tfnorms.load_addons_weights(model, fixture("timedistributed", fmt))
+    assert list(pairs) == [layer.name for layer in model.layers if layer.weights]
+    np.testing.assert_allclose(outputs(model, x), y, rtol=0, atol=1e-5)
+    conv = model.layers[0].layer
+    g = keras.ops.convert_to_numpy(conv.scale_variables()["kernel"])
+    kernel = keras.ops.convert_to_numpy(conv.layer.kernel)
+    np.testing.assert_allclose(g, np.sqrt(np.sum(kernel**2, axis=(0, 1))), rtol=1e-6)
 
 
 def test_loading_counts_as_the_data_dependent_initialization():
@@ -179,6 +209,16 @@ def test_a_centered_wrapper_cannot_hold_addons_weights():
     model = upsampler(wrap=tfnorms.CenteredWeightNorm)
     with pytest.raises(ValueError, match="only tfnorms.WeightNormalization"):
         tfnorms.load_addons_weights(model, fixture("upsampler"))
+
+
+def test_an_error_names_the_time_distributed_layer_and_what_it_wraps():
+    model = timedistributed(wrap=tfnorms.CenteredWeightNorm)
+    name = model.layers[0].name
+    with pytest.raises(ValueError) as error:
+        tfnorms.load_addons_weights(model, fixture("timedistributed"))
+    message = str(error.value)
+    assert f"'{name}' (TimeDistributed(CenteredWeightNorm(Conv1D)): kernel (3, 3, 4)" in message
+    assert "only tfnorms.WeightNormalization" in message
 
 
 def test_a_never_called_addons_layer_warns(tmp_path):

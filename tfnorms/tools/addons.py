@@ -162,6 +162,17 @@ def _checkpoint_reader(path):
     return tf.train.load_checkpoint(path)
 
 
+def _without_time_distributed(keys):
+    """Keras 2's TimeDistributed holds no variable and tracks its inner layer
+    as `layer`, so TimeDistributed(X) stores X's keys under 'layer/': strip
+    that while every key has it. tensorflow-addons' WeightNormalization also
+    keeps its inner layer under 'layer/', but its g and v sit at its top
+    level, so its own prefix is never stripped."""
+    while keys and all(rest.startswith("layer/") for rest in keys):
+        keys = {rest[len("layer/") :]: key for rest, key in keys.items()}
+    return keys
+
+
 def _read_checkpoint(path, object_path):
     reader = _checkpoint_reader(path)
     groups: dict[str, dict[int, dict[str, str]]] = {}
@@ -205,6 +216,7 @@ def _read_checkpoint(path, object_path):
             for rest, key in keys.items()
             if not any(m in rest.split("/") for m in _CLONE_MARKERS)
         }
+        keys = _without_time_distributed(keys)
         short = [_short_name(rest) for rest in sorted(keys)]
         _unique(name, short, path)
         entries = {
@@ -294,14 +306,26 @@ def _layers_with_weights(model):
     return found
 
 
+def _unwrap(layer):
+    """The layer that receives the weights: TimeDistributed holds none of its
+    own and applies its inner layer's kernel unchanged, so
+    TimeDistributed(WeightNormalization(Dense)) loads as its
+    WeightNormalization, which is what tensorflow-addons saved."""
+    while isinstance(layer, keras.layers.TimeDistributed):
+        layer = layer.layer
+    return layer
+
+
 def _describe_ours(layer):
-    inner = layer.layer if isinstance(layer, KernelNormWrapper) else layer
+    """'name' (TimeDistributed(WeightNormalization(Dense)): kernel (3, 4), ...),
+    listing the weights of the innermost layer, as the file holds them."""
+    kinds, inner = [], layer
+    while isinstance(inner, (keras.layers.TimeDistributed, KernelNormWrapper)):
+        kinds.append(type(inner).__name__)
+        inner = inner.layer
+    kinds.append(type(inner).__name__)
+    kind = "(".join(kinds) + ")" * (len(kinds) - 1)
     shapes = ", ".join(f"{w.name} {tuple(w.shape)}" for w in inner.weights)
-    kind = (
-        f"{type(layer).__name__}({type(inner).__name__})"
-        if inner is not layer
-        else (type(layer).__name__)
-    )
     return f"'{layer.name}' ({kind}: {shapes})"
 
 
@@ -336,16 +360,18 @@ def _match_weights(target_layer, variables, saved, path):
 
 
 def _check(layer, saved, path):
-    """Raise unless `saved` fits `layer`; returns the (variable, value) pairs."""
-    if not isinstance(layer, KernelNormWrapper):
-        return _match_weights(layer, layer.weights, saved, path)
-    if not isinstance(layer, CenteredWeightNorm) or layer.center or not layer.scale:
+    """Raise unless `saved` fits `layer` (a layer of the model, named in the
+    errors); returns the (variable, value) pairs."""
+    target = _unwrap(layer)
+    if not isinstance(target, KernelNormWrapper):
+        return _match_weights(layer, target.weights, saved, path)
+    if not isinstance(target, CenteredWeightNorm) or target.center or not target.scale:
         raise ValueError(
             f"Layer {_describe_ours(layer)} cannot hold the weights of layer "
             f"{saved.describe()} of {path}: only tfnorms.WeightNormalization (no "
             "centering, with a scale) computes every kernel tensorflow-addons can."
         )
-    return _match_weights(layer, layer.layer.weights, saved, path)
+    return _match_weights(layer, target.layer.weights, saved, path)
 
 
 def _load_wrapper(wrapper, pairs):
@@ -395,9 +421,11 @@ def load_addons_weights(
     tensorflow-addons, per output channel here) and RNNs (one kernel
     normalized there, both here) included. A tensorflow-addons layer may also
     be loaded into a plain layer (which receives `W`), and a plain layer into
-    `tfnorms.WeightNormalization`. The loaded wrappers are marked initialized
-    where the wrapper keeps such state, so a data-dependent initialization
-    does not overwrite them.
+    `tfnorms.WeightNormalization`. `TimeDistributed(WeightNormalization(...))`
+    loads into `TimeDistributed(tfnorms.WeightNormalization(...))` (tfa
+    refuses the opposite nesting, and so does tfnorms). The loaded wrappers
+    are marked initialized where the wrapper keeps such state, so a
+    data-dependent initialization does not overwrite them.
 
     Args:
         model: a built Keras 3 model (Sequential or functional).
@@ -453,8 +481,9 @@ def load_addons_weights(
         _check(layer, saved, source) for layer, saved in zip(ours, saved_layers, strict=True)
     ]
     for layer, pairs in zip(ours, checked, strict=True):
-        if isinstance(layer, KernelNormWrapper):
-            _load_wrapper(layer, pairs)
+        target = _unwrap(layer)
+        if isinstance(target, KernelNormWrapper):
+            _load_wrapper(target, pairs)
         else:
             for variable, value in pairs:
                 _assign(variable, value)
