@@ -10,7 +10,7 @@ import math
 import keras
 from keras import ops
 
-from tfnorms._math import compiled, jax_shards
+from tfnorms._math import compiled, jax_shards, torch_reduce
 from tfnorms._math.reduce import (
     FLOAT_MAX,
     expand_statistics,
@@ -176,10 +176,16 @@ def bounded(reduce, values, axes, bound):
     `initial`, return a scalar with it, and make it a CPU tensor (a device
     mismatch on a GPU); so a tensor known to be empty gets `bound` from a
     sum (which keeps `values` in the graph), and `initial` is passed only
-    where some size is unknown until run time (traced TensorFlow or JAX)."""
+    where some size is unknown until run time (traced TensorFlow or JAX).
+    On PyTorch, outside autograd, `torch_reduce` takes the reductions whose
+    kept width PyTorch would reduce element by element."""
     if any(d == 0 for d in values.shape):
         return ops.sum(values, axis=axes) + bound
     if all(d is not None for d in values.shape):
+        if torch_reduce.applies(values):
+            fast = torch_reduce.outer_extreme(values, axes, largest=reduce is ops.max)
+            if fast is not None:
+                return fast
         return reduce(values, axis=axes)
     return reduce(values, axis=axes, initial=bound)
 

@@ -25,6 +25,7 @@ import math
 
 import keras
 
+from tfnorms._math import torch_reduce
 from tfnorms._math.reduce import kept_axes, statistics_dtype
 from tfnorms._math.select import top_k_block_size
 
@@ -64,7 +65,7 @@ def _k_largest(magnitudes, k):
     block = top_k_block_size(n, k)
     if block is None:
         return torch.topk(magnitudes.t().contiguous(), k, dim=1, sorted=False).values
-    maxima = magnitudes.view(n // block, block, channels).amax(1)
+    maxima = torch_reduce.extreme(magnitudes.view(n // block, block, channels), (1,), True)
     best = torch.topk(maxima.t().contiguous(), k, dim=1, sorted=False).indices  # (channels, k)
     # Gathered from the transposed view, the candidates come out contiguous
     # per channel, and the expanded index is a view: no index arithmetic
