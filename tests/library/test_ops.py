@@ -483,6 +483,25 @@ def test_normalize_and_subtract_mean_match_numpy(rng):
     np.testing.assert_allclose(to_numpy(got), x - mean.reshape(shape) + beta.reshape(shape))
 
 
+def test_normalize_broadcasts_past_x_and_differentiates(rng):
+    # Statistics per example (B, 1) and an offset per example and feature
+    # (B, F) against an x of (B, 1): the result is larger than x * inv, so
+    # PyTorch's in-place addition must not be taken there.
+    x = rng.normal(size=(3, 1))
+    inv_of = rng.uniform(0.5, 2, size=(3, 1))
+    mean, beta = rng.normal(size=(3, 1)), rng.normal(size=(1, 4))
+    got = apply.normalize(t(x), t(mean), t(1 / inv_of**2), beta=t(beta), epsilon=0.0)
+    np.testing.assert_allclose(to_numpy(got), (x - mean) * inv_of + beta, rtol=1e-12)
+    if keras.backend.backend() == "torch":
+        import torch
+
+        x_t, mean_t = torch.tensor(x, requires_grad=True), torch.tensor(mean, requires_grad=True)
+        out = apply.normalize(x_t, mean_t, t(1 / inv_of**2), beta=t(beta[:, :1]), epsilon=0.0)
+        out.sum().backward()
+        np.testing.assert_allclose(x_t.grad.numpy(), inv_of, rtol=1e-12)
+        np.testing.assert_allclose(mean_t.grad.numpy(), -inv_of, rtol=1e-12)
+
+
 def test_normalize_keeps_float16_activations_finite_with_a_huge_variance():
     # sigma^2 = 4e6 does not fit in float16; the per-channel factor 1/sigma does.
     x = ops.convert_to_tensor(np.array([[-2000.0], [2000.0]], np.float16))

@@ -70,7 +70,23 @@ def normalize(x, mean, variance, gamma=None, beta=None, epsilon=1e-3, scale=None
         beta = ops.cast(beta, inv.dtype)
         offset = beta if offset is None else beta + offset
     outputs = x * ops.cast(inv, x.dtype)
-    return outputs if offset is None else outputs + ops.cast(offset, x.dtype)
+    return outputs if offset is None else _add(outputs, ops.cast(offset, x.dtype))
+
+
+def _add(fresh, y):
+    """`fresh + y` for a `fresh` tensor that nothing else holds: on PyTorch,
+    in place where the sum keeps `fresh`'s shape and dtype. Eager PyTorch
+    allocates every result, and a new x-sized buffer costs more to touch
+    than the addition (the bench ResNet-20's step with p=2 batch norm:
+    0.987x -> 0.946x of Keras's layer, whose own torch batch norm adds in
+    place too). An addition's gradient needs neither operand, so autograd
+    allows it."""
+    if keras.backend.backend() == "torch" and fresh.dtype == y.dtype:
+        import torch
+
+        if torch.broadcast_shapes(fresh.shape, y.shape) == fresh.shape:
+            return fresh.add_(y)
+    return fresh + y
 
 
 def subtract_mean(x, mean, beta=None):
