@@ -50,6 +50,7 @@ def test_equals_numpy_where_it_applies(shape, axes, largest, dtype, rng):
     "shape, axes, why",
     [
         ((64, 32), (0,), "the width is already a multiple of 32"),
+        ((8, 64, 3), (1, 2), "the innermost axes, which PyTorch vectorizes"),
         ((3, 4, 5), (0, 2), "the axes are not consecutive"),
         ((4, 9, 16), (1,), "9 rows in each of 4 blocks do not split into pairs"),
         ((1, 16), (0,), "fewer rows than one group"),

@@ -40,7 +40,8 @@ def outer_extreme(values, axes, largest):
     """`amax` (`largest`) or `amin` of `values` over `axes`, without keeping
     them; None where the grouped form does not apply or is not needed: no
     axes, or not one run of consecutive axes of a contiguous tensor, the
-    kept width after them is already a multiple of `VECTOR_WIDTH`, or the
+    innermost axes (a reduction PyTorch vectorizes along them), the kept
+    width after them is already a multiple of `VECTOR_WIDTH`, or the
     rows do not split into whole groups (unless nothing comes before
     them, where the last rows are reduced on their own)."""
     axes = sorted(int(a) % values.dim() for a in axes)
@@ -54,7 +55,7 @@ def outer_extreme(values, axes, largest):
     width = math.prod(shape[stop:])
     group = VECTOR_WIDTH // math.gcd(width, VECTOR_WIDTH)
     whole = rows - rows % group
-    if group == 1 or whole == 0 or (whole < rows and outer > 1):
+    if width == 1 or group == 1 or whole == 0 or (whole < rows and outer > 1):
         return None
     columns = values.view(outer, rows, width)
     result = _grouped(columns[:, :whole], group, largest)
