@@ -77,8 +77,9 @@ def test_nan_and_infinities_come_through_as_in_numpy(rng):
         np.testing.assert_array_equal(result.numpy(), reference(array, (0,), largest))
 
 
-def test_autograd_keeps_pytorchs_own_reduction(rng):
-    # Two stages would split a tied extreme's gradient unevenly.
+def test_autograd_and_other_devices_keep_pytorchs_own_reduction(rng):
+    # Two stages would split a tied extreme's gradient unevenly; the slow
+    # path this avoids is the CPU's.
     import torch
 
     x = tensor(rng.normal(size=(8, 16)).astype("float32"))
@@ -86,6 +87,7 @@ def test_autograd_keeps_pytorchs_own_reduction(rng):
     assert not torch_reduce.applies(x.requires_grad_())
     with torch.no_grad():
         assert torch_reduce.applies(x)
+        assert not torch_reduce.applies(torch.empty((8, 16), device="meta"))
 
 
 def test_batch_norm_extremes_take_it_and_stay_exact(rng, monkeypatch):

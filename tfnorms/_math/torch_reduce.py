@@ -26,14 +26,17 @@ VECTOR_WIDTH = 32
 
 
 def applies(values):
-    """PyTorch, a tensor not being differentiated through this reduction:
-    autograd shares an extreme's gradient evenly among its ties, which two
-    stages would not (the callers under a custom gradient do not need it)."""
+    """PyTorch, a tensor on the CPU (where the slow path was measured; a
+    GPU's reductions have no such width rule to work around), not being
+    differentiated through this reduction: autograd shares an extreme's
+    gradient evenly among its ties, which two stages would not (the callers
+    under a custom gradient do not need it)."""
     if keras.backend.backend() != "torch":
         return False
     import torch
 
-    return not (torch.is_grad_enabled() and values.requires_grad)
+    on_cpu = values.device.type == "cpu"
+    return on_cpu and not (torch.is_grad_enabled() and values.requires_grad)
 
 
 def outer_extreme(values, axes, largest):
@@ -66,8 +69,8 @@ def outer_extreme(values, axes, largest):
 
 
 def extreme(values, axes, largest):
-    """`outer_extreme`, or PyTorch's own reduction where that does not apply."""
-    result = outer_extreme(values, axes, largest)
+    """`outer_extreme` where it `applies`, else PyTorch's own reduction."""
+    result = outer_extreme(values, axes, largest) if applies(values) else None
     return _reduce(values, tuple(axes), largest) if result is None else result
 
 
