@@ -213,14 +213,20 @@ def main(mode, rank, port, directory):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        if mode == "layers":
-            run_layers(rank, directory)
-        else:
-            run_training(rank, directory)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+    if mode == "layers":
+        run_layers(rank, directory)
+    else:
+        run_training(rank, directory)
+    dist.barrier()
+    # Both results are on disk. torch.distributed's teardown (the process
+    # group's and rank 0's TCP store's threads) now and then aborted rank 0
+    # with "terminate called without an active exception" after its work
+    # was done (once in three clean-clone runs of the suite on 2026-12-07),
+    # so each process leaves here without it. A failure above still exits
+    # non-zero with its traceback.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
