@@ -82,6 +82,18 @@ def outputs_and_gradients(wrapper, x, rng):
     return to_numpy(wrapper(x)), *call_gradients(wrapper, x, loss)
 
 
+def both_ways(wrapper, x, rng, take):
+    """`outputs_and_gradients` with `take(True)` in effect, then with
+    `take(False)`, both with the same loss weights."""
+    results = []
+    for flag in (True, False):
+        take(flag)
+        state = rng.bit_generator.state
+        results.append(outputs_and_gradients(wrapper, x, rng))
+        rng.bit_generator.state = state
+    return results
+
+
 @pytest.mark.parametrize("layer_name", sorted(LAYERS))
 @pytest.mark.parametrize("wrapper_name", sorted(WRAPPERS))
 def test_kernel_free_path_equals_the_kernel_forming_path(
@@ -90,13 +102,9 @@ def test_kernel_free_path_equals_the_kernel_forming_path(
     """Same outputs, input gradient and variable gradients on both paths."""
     assert kernel_free.supports(LAYERS[layer_name][0]())
     wrapper, x = randomized_wrapper(wrapper_name, layer_name, rng)
-    results = {}
-    for path in (True, False):
-        forced(monkeypatch, path)
-        state = rng.bit_generator.state
-        results[path] = outputs_and_gradients(wrapper, x, rng)
-        rng.bit_generator.state = state  # the same loss weights for both
-    (out, value, dx, grads), (out_w, value_w, dx_w, grads_w) = results[True], results[False]
+    (out, value, dx, grads), (out_w, value_w, dx_w, grads_w) = both_ways(
+        wrapper, x, rng, lambda path: forced(monkeypatch, path)
+    )
     np.testing.assert_allclose(out, out_w, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(value, value_w, rtol=1e-5, atol=1e-4)
     np.testing.assert_allclose(dx, dx_w, rtol=1e-4, atol=1e-5)
@@ -124,13 +132,9 @@ def test_direct_product_equals_the_inner_layers_call(
     bias), in its compute dtype."""
     keras.config.set_dtype_policy(policy)
     wrapper, x = randomized_wrapper(wrapper_name, layer_name, rng)
-    results = {}
-    for direct in (True, False):
-        through(monkeypatch, direct)
-        state = rng.bit_generator.state
-        results[direct] = outputs_and_gradients(wrapper, x, rng)
-        rng.bit_generator.state = state  # the same loss weights for both
-    (out, value, dx, grads), (out_c, value_c, dx_c, grads_c) = results[True], results[False]
+    (out, value, dx, grads), (out_c, value_c, dx_c, grads_c) = both_ways(
+        wrapper, x, rng, lambda direct: through(monkeypatch, direct)
+    )
     tolerance = 1e-6 if policy == "float32" else 1e-2  # float16: sums in another order
     assert out.dtype == out_c.dtype
     np.testing.assert_allclose(out, out_c, rtol=tolerance, atol=tolerance)
