@@ -134,23 +134,42 @@ MODELS = {
     "cnn": (cnn, (16, 16, 3), 64),
 }
 SYNC_GROUP = "synchronized batch norm"
+# The second instance of a group's baseline, timed like every candidate: its
+# ratio to the baseline is what two identical models read apart in that
+# configuration, the resolution of the group's other ratios.
+REPEAT_SUFFIX = " again (A/A)"
 
 
 def candidates(model_name, replicas=1):
-    """{group: {name: model factory}}; the first name of a group is its baseline."""
+    """{group: {name: model factory}}; the first name of a group is its
+    baseline, the second that baseline again (`REPEAT_SUFFIX`)."""
     import tfnorms
 
     build = MODELS[model_name][0]
     if replicas > 1:
         factories = synchronized_factories()
-        return {SYNC_GROUP: {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}}
+        return {
+            SYNC_GROUP: with_repeat(
+                {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}
+            )
+        }
     norms = batch_norm_factories()
     wrappers = weight_norm_factories()
     groups = {
-        "batch norm": {name: (lambda f=f: build(norm=f)) for name, f in norms.items()},
-        "weight norm": {name: (lambda w=w: build(wrap=w)) for name, w in wrappers.items()},
+        "batch norm": with_repeat({name: (lambda f=f: build(norm=f)) for name, f in norms.items()}),
+        "weight norm": with_repeat(
+            {name: (lambda w=w: build(wrap=w)) for name, w in wrappers.items()}
+        ),
     }
     groups["weight norm"]["CWN stripped (inference)"] = lambda: tfnorms.strip(
         build(wrap=tfnorms.CenteredWeightNorm)
     )
     return groups
+
+
+def with_repeat(factories):
+    """`factories` with its baseline's factory again, second, under the
+    baseline's name and `REPEAT_SUFFIX`."""
+    baseline, *others = factories
+    names = [baseline, baseline + REPEAT_SUFFIX, *others]
+    return {name: factories[name.removesuffix(REPEAT_SUFFIX)] for name in names}

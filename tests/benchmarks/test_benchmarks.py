@@ -154,3 +154,48 @@ def test_the_default_notes_are_optional(tmp_path, monkeypatch):
     output = tmp_path / "performance.md"
     assert bench.main(["--rerender", str(saved), "--output", str(output)]) == 0
     assert "## Targets" in output.read_text()
+
+
+REPEAT = "keras BatchNormalization" + report.REPEAT_SUFFIX
+
+
+def test_a_miss_no_larger_than_the_repeated_baseline_is_counted_as_within_it():
+    """The A/A row (the baseline timed again) bounds what a miss can be told
+    apart from: p=inf's 1.09 misses 1.08 by 0.01, within the 0.98 A/A's
+    0.02 on TensorFlow, and p=1's 1.12 on JAX by more than its 1.01's 0.01."""
+    results = [
+        configuration(
+            "tensorflow",
+            [row("keras BatchNormalization", 1.0), row(REPEAT, 0.98), row("LpBN p=inf", 1.09)],
+        ),
+        configuration(
+            "jax", [row("keras BatchNormalization", 1.0), row(REPEAT, 1.01), row("LpBN p=1", 1.12)]
+        ),
+    ]
+    worst, met = target_rows(report.target_summary(results))["LpBN p=1 and p=inf training step"]
+    assert met == "0 of 2; 1 of the misses within A/A"
+    assert "1.090 (mlp tensorflow jit=True float32) A/A 0.980" in worst
+    assert "1.120 (mlp jax jit=True float32) A/A 1.010" in worst
+    # The A/A rows are no target's candidates, and the page says what they are.
+    page = report.format_report(results, META)
+    assert "(A/A)" in page and "`A/A` is the group's baseline" in page
+    # A/A 0.95 on JAX: its 0.05 covers p=1's 0.04 miss too.
+    results[1]["rows"][1]["train_ratio"] = 0.95
+    table = target_rows(report.target_summary(results))
+    assert table["LpBN p=1 and p=inf training step"][1] == "0 of 2; 2 of the misses within A/A"
+
+
+def test_results_without_a_repeated_baseline_read_as_before():
+    page = report.format_report(RESULTS, META)
+    assert "A/A" not in page
+    assert target_rows(report.target_summary(RESULTS))["LpBN p=2 training step"][1] == "1 of 2"
+
+
+def test_every_group_times_its_baseline_twice():
+    import candidates
+
+    for replicas in (1, 2):
+        for group, factories in candidates.candidates("mlp", replicas).items():
+            baseline, repeat = list(factories)[:2]
+            assert repeat == baseline + report.REPEAT_SUFFIX, group
+            assert factories[repeat] is factories[baseline]
