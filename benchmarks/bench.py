@@ -6,7 +6,9 @@ builds every candidate in one process, warms each up, then times steps
 alternating the candidates (so drifts in machine load hit all of them alike)
 and reports the median per candidate as a ratio to the Keras baseline:
 `BatchNormalization` for the batch-norm candidates, the plain model for the
-weight-norm candidates. Peak memory of a training step comes from XLA's
+weight-norm candidates. Each baseline is built and timed twice: the
+second instance's ratio (A/A) is the resolution of the group's other
+ratios in that run. Peak memory of a training step comes from XLA's
 memory analysis of the compiled step on the JAX backend, and on TensorFlow
 from the profiler's memory events: the bytes requested from its allocator
 during one step (`timing.tf_step_bytes`, read after the timing; none on
@@ -255,7 +257,7 @@ def build_parser():
         "--extended",
         action="store_true",
         help="the default rows plus ResNet-20 with jit on TensorFlow, ResNet-20 and mixed "
-        "precision on JAX, and ResNet-20 on PyTorch (~10 min)",
+        "precision on JAX, and ResNet-20 on PyTorch (~12 min)",
     )
     breadth.add_argument(
         "--full",
