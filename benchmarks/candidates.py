@@ -148,19 +148,15 @@ def candidates(model_name, replicas=1):
     build = MODELS[model_name][0]
     if replicas > 1:
         factories = synchronized_factories()
-        return {
-            SYNC_GROUP: with_repeat(
-                {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}
-            )
-        }
+        models = {name: (lambda f=f: build(norm=f)) for name, f in factories.items()}
+        return {SYNC_GROUP: with_repeat(models)}
     norms = batch_norm_factories()
     wrappers = weight_norm_factories()
     groups = {
-        "batch norm": with_repeat({name: (lambda f=f: build(norm=f)) for name, f in norms.items()}),
-        "weight norm": with_repeat(
-            {name: (lambda w=w: build(wrap=w)) for name, w in wrappers.items()}
-        ),
+        "batch norm": {name: (lambda f=f: build(norm=f)) for name, f in norms.items()},
+        "weight norm": {name: (lambda w=w: build(wrap=w)) for name, w in wrappers.items()},
     }
+    groups = {group: with_repeat(models) for group, models in groups.items()}
     groups["weight norm"]["CWN stripped (inference)"] = lambda: tfnorms.strip(
         build(wrap=tfnorms.CenteredWeightNorm)
     )

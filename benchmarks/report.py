@@ -152,7 +152,7 @@ def target_summary(results):
                 repeat = repeat_ratio(config, target.groups, target.key)
                 if target.versus:
                     text = f"{text} [{limit:.3f}]"
-                if repeat:
+                if repeat is not None:
                     text = f"{text} A/A {repeat:.3f}"
                 within = repeat is not None and ratio - limit <= abs(repeat - 1.0)
                 checked.append((ratio <= limit, within, text))
